@@ -1,0 +1,2 @@
+//! The admin listener (plain HTTP on loopback): `/healthz`, `/readyz`, `/metrics`.
+pub mod metrics;

@@ -1,0 +1,70 @@
+//! The decision step of the request path, free of pingora so that the proxy, `explain`
+//! and unit tests share it: public route, or bearer token → cache → verify → authorize.
+
+use std::sync::Arc;
+
+use crate::auth::{bearer_token, AuthError, Authenticator};
+use crate::cache::DecisionCache;
+use crate::config::Runtime;
+use crate::policy::rbac::{self, Grant};
+use crate::policy::route::{AuthMode, Route};
+
+/// One loaded configuration with everything built from it. Swapped whole on reload, so a
+/// request finishes under the config it started with, and the decision cache never
+/// outlives its config.
+pub struct Live {
+    pub rt: Arc<Runtime>,
+    pub auth: Arc<Authenticator>,
+    pub cache: DecisionCache,
+    pub generation: u64,
+}
+
+/// What the gate decided for one request.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// `auth = "none"`: forwarded without identity.
+    Public,
+    Allow(Arc<Grant>),
+    Deny(AuthError),
+}
+
+impl Live {
+    pub fn new(rt: Arc<Runtime>, auth: Arc<Authenticator>, generation: u64) -> Self {
+        let cache = DecisionCache::new(rt.cache.max_entries, rt.cache.ttl_s);
+        Live {
+            rt,
+            auth,
+            cache,
+            generation,
+        }
+    }
+
+    /// Authenticates and authorizes one request on `route`. `authorization` is the raw
+    /// `Authorization` header value, if any.
+    pub async fn decide(&self, route: &Route, authorization: Option<&[u8]>) -> Outcome {
+        if route.auth == AuthMode::None {
+            return Outcome::Public;
+        }
+        let token = match bearer_token(authorization) {
+            Ok(t) => t,
+            Err(e) => return Outcome::Deny(e),
+        };
+        let key = DecisionCache::key(route.index, token);
+        if let Some(d) = self.cache.get(&key) {
+            return match d {
+                Ok(g) => Outcome::Allow(g),
+                Err(e) => Outcome::Deny(e),
+            };
+        }
+        let id = match self.auth.verify(token, route.issuers.as_deref()).await {
+            Ok(id) => id,
+            Err(e) => return Outcome::Deny(e),
+        };
+        let decision = rbac::decide(route, &id, &self.rt.roles).map(Arc::new);
+        self.cache.insert(key, decision.clone(), id.exp);
+        match decision {
+            Ok(g) => Outcome::Allow(g),
+            Err(e) => Outcome::Deny(e),
+        }
+    }
+}

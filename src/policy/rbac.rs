@@ -1,0 +1,195 @@
+//! Authorization: the caller's roles, the route's requirements, and the headers that tell
+//! the backend who is calling and which rows it may see.
+//!
+//! Roles of a caller = values of the issuer's `roles_claim` ∪ roles whose `groups` meet
+//! the token's groups ∪ roles whose `clients` list its client ID (SPEC section 2).
+//! Anything a route does not allow is denied.
+
+use http::{HeaderName, HeaderValue};
+use indexmap::IndexMap;
+
+use super::route::{AuthMode, Route};
+use super::row_filter::{encode, Placeholder, Values};
+use crate::auth::{AuthError, DenyReason, Identity};
+use crate::config::RoleSettings;
+
+/// Where a role came from (shown by `explain`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoleSource {
+    Claim,
+    Group(String),
+    Client(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleGrant {
+    pub role: String,
+    pub source: RoleSource,
+}
+
+/// Every role the caller holds, with its first source, sorted by role name.
+pub fn roles_of(id: &Identity, roles: &IndexMap<String, RoleSettings>) -> Vec<RoleGrant> {
+    let mut out: Vec<RoleGrant> = Vec::new();
+    let mut add = |role: &str, source: RoleSource| {
+        if !out.iter().any(|g| g.role == role) {
+            out.push(RoleGrant {
+                role: role.to_string(),
+                source,
+            });
+        }
+    };
+    for r in &id.roles {
+        add(r, RoleSource::Claim);
+    }
+    for (name, cfg) in roles {
+        if let Some(g) = cfg.groups.iter().find(|g| id.groups.contains(g)) {
+            add(name, RoleSource::Group(g.clone()));
+        }
+        if let Some(c) = id.client_id.as_ref().filter(|c| cfg.clients.contains(c)) {
+            add(name, RoleSource::Client(c.clone()));
+        }
+    }
+    out.sort_by(|a, b| a.role.cmp(&b.role));
+    out
+}
+
+/// An allowed request: who, and what to tell the backend.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub subject: Option<String>,
+    pub client_id: Option<String>,
+    /// The token's `iss`.
+    pub iss: String,
+    /// Issuer config name.
+    pub issuer: String,
+    /// Sorted.
+    pub roles: Vec<String>,
+    /// Identity and row-filter headers, values already encoded.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Token expiry (Unix seconds), bounds the cache lifetime.
+    pub exp: u64,
+}
+
+struct View<'a> {
+    id: &'a Identity,
+    roles: &'a [String],
+}
+
+impl Values for View<'_> {
+    fn claim(&self, path: &str) -> Option<&serde_json::Value> {
+        self.id.claim(path).filter(|v| !v.is_null())
+    }
+    fn sub(&self) -> Option<&str> {
+        self.id.sub.as_deref()
+    }
+    fn client_id(&self) -> Option<&str> {
+        self.id.client_id.as_deref()
+    }
+    fn roles(&self) -> &[String] {
+        self.roles
+    }
+    fn issuer(&self) -> &str {
+        &self.id.iss
+    }
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    // Every value is percent-encoded ASCII, so this cannot fail; fall back to empty
+    // rather than panic on the request path.
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Decides one verified caller on one route. Checks in order: roles, scopes, MFA, then
+/// renders row filters (a missing claim denies).
+pub fn decide(
+    route: &Route,
+    id: &Identity,
+    roles_cfg: &IndexMap<String, RoleSettings>,
+) -> Result<Grant, AuthError> {
+    debug_assert_eq!(route.auth, AuthMode::Required);
+    let grants = roles_of(id, roles_cfg);
+    let roles: Vec<String> = grants.into_iter().map(|g| g.role).collect();
+    if !route.allow_roles.is_empty() && !route.allow_roles.iter().any(|r| roles.contains(r)) {
+        return Err(AuthError::new(
+            DenyReason::InsufficientRole,
+            format!(
+                "route {} needs one of the roles: {}",
+                route.name,
+                route.allow_roles.join(", ")
+            ),
+        ));
+    }
+    let missing: Vec<&String> = route
+        .require_scopes
+        .iter()
+        .filter(|s| !id.scopes.contains(s))
+        .collect();
+    if !missing.is_empty() {
+        let m: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+        return Err(AuthError::new(
+            DenyReason::InsufficientScope,
+            format!("the token lacks the scopes: {}", m.join(" ")),
+        ));
+    }
+    if route.require_mfa && !id.has_mfa() {
+        return Err(AuthError::new(
+            DenyReason::MfaRequired,
+            "this route needs a token from a multi-factor login (amr mfa, otp or hwk)",
+        ));
+    }
+    let mut headers = Vec::with_capacity(4 + route.row_filters.len());
+    if let Some(sub) = &id.sub {
+        headers.push((
+            HeaderName::from_static("x-auth-subject"),
+            header_value(&encode(sub)),
+        ));
+    }
+    if id.is_client {
+        if let Some(c) = &id.client_id {
+            headers.push((
+                HeaderName::from_static("x-auth-client-id"),
+                header_value(&encode(c)),
+            ));
+        }
+    }
+    let joined: Vec<String> = roles.iter().map(|r| encode(r)).collect();
+    headers.push((
+        HeaderName::from_static("x-auth-roles"),
+        header_value(&joined.join(",")),
+    ));
+    headers.push((
+        HeaderName::from_static("x-auth-issuer"),
+        header_value(&encode(&id.iss)),
+    ));
+    let view = View { id, roles: &roles };
+    for f in &route.row_filters {
+        if f.except_roles.iter().any(|r| roles.contains(r)) {
+            continue;
+        }
+        match f.template.render(&view) {
+            Ok(v) => headers.push((f.header.clone(), header_value(&v))),
+            Err(ph) => {
+                let what = match ph {
+                    Placeholder::Claim(p) => format!("claim {p}"),
+                    other => other.to_string(),
+                };
+                return Err(AuthError::new(
+                    DenyReason::MissingClaim,
+                    format!(
+                        "the row filter {} needs {what}, which the token does not carry",
+                        f.header
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Grant {
+        subject: id.sub.clone(),
+        client_id: id.client_id.clone(),
+        iss: id.iss.clone(),
+        issuer: id.issuer.clone(),
+        roles,
+        headers,
+        exp: id.exp,
+    })
+}

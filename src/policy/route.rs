@@ -1,0 +1,260 @@
+//! Routes: the compiled `[[routes]]` table and first-match routing.
+//!
+//! Matching is on host (exact, case-insensitive, port ignored), a segment-aware path
+//! prefix (`/orders` matches `/orders` and `/orders/7`, not `/ordersX`) and the method.
+//! Paths that a backend could read differently from the gateway (dot segments, `//`,
+//! encoded `/`, `.` or `\`) are refused before matching: see [`check_path`].
+
+use std::sync::Arc;
+
+use http::HeaderName;
+
+use super::row_filter::Template;
+
+/// Whether a route needs a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    None,
+}
+
+#[derive(Clone, Debug)]
+pub struct RowFilter {
+    pub header: HeaderName,
+    pub template: Template,
+    pub except_roles: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub index: usize,
+    pub name: String,
+    /// Lower-case, without port.
+    pub host: Option<String>,
+    /// Normalised: starts with `/`, no trailing `/` except for the root.
+    pub path_prefix: String,
+    /// Upper-case method names; `None` = every method.
+    pub methods: Option<Vec<String>>,
+    pub upstream: String,
+    /// Issuer config names this route accepts; `None` = all.
+    pub issuers: Option<Vec<String>>,
+    pub allow_roles: Vec<String>,
+    pub require_scopes: Vec<String>,
+    pub require_mfa: bool,
+    pub forward_token: bool,
+    pub auth: AuthMode,
+    pub row_filters: Vec<RowFilter>,
+    /// Line of the route in the config file (for findings).
+    pub line: usize,
+}
+
+impl Route {
+    pub fn matches(&self, host: Option<&str>, path: &str, method: &str) -> bool {
+        if let Some(h) = &self.host {
+            match host {
+                Some(req) if host_eq(h, req) => {}
+                _ => return false,
+            }
+        }
+        if !prefix_matches(&self.path_prefix, path) {
+            return false;
+        }
+        match &self.methods {
+            Some(ms) => ms.iter().any(|m| m == method),
+            None => true,
+        }
+    }
+
+    /// True when this route serves `method`.
+    pub fn serves(&self, method: &str) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|ms| ms.iter().any(|m| m == method))
+    }
+
+    /// True when every request this route could match is matched by `earlier` first.
+    pub fn shadowed_by(&self, earlier: &Route) -> bool {
+        let host_covered = match (&earlier.host, &self.host) {
+            (None, _) => true,
+            (Some(a), Some(b)) => a == b,
+            (Some(_), None) => false,
+        };
+        let methods_covered = match (&earlier.methods, &self.methods) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => b.iter().all(|m| a.contains(m)),
+        };
+        host_covered && methods_covered && prefix_matches(&earlier.path_prefix, &self.path_prefix)
+    }
+}
+
+/// Host header comparison: case-insensitive, port ignored.
+fn host_eq(route_host: &str, req: &str) -> bool {
+    let req = strip_port(req);
+    route_host.eq_ignore_ascii_case(req)
+}
+
+/// `host:port` → `host`; `[::1]:8443` → `[::1]`.
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        _ => host,
+    }
+}
+
+/// Segment-aware prefix match.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return path.starts_with('/');
+    }
+    match path.strip_prefix(prefix) {
+        Some("") => true,
+        Some(rest) => rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Normalises a configured prefix: trailing slashes dropped (`/orders/` → `/orders`).
+pub fn normalize_prefix(p: &str) -> String {
+    let t = p.trim_end_matches('/');
+    if t.is_empty() {
+        "/".to_string()
+    } else {
+        t.to_string()
+    }
+}
+
+/// Refuses request paths that the gateway and the backend might resolve differently,
+/// which would let `/public/../admin` match a public route. Returns why, for the 400.
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("the path must start with '/'");
+    }
+    if path.contains("//") {
+        return Err("empty path segments ('//') are not accepted");
+    }
+    if path.contains('\\') {
+        return Err("backslashes are not accepted in paths");
+    }
+    for seg in path.split('/') {
+        if seg == "." || seg == ".." {
+            return Err("dot segments ('.', '..') are not accepted in paths");
+        }
+    }
+    let lower = path.to_ascii_lowercase();
+    for enc in ["%2e", "%2f", "%5c", "%00"] {
+        if lower.contains(enc) {
+            return Err("encoded '.', '/', '\\' or NUL are not accepted in paths");
+        }
+    }
+    Ok(())
+}
+
+/// The first route that matches, in file order.
+pub fn find<'a>(
+    routes: &'a [Arc<Route>],
+    host: Option<&str>,
+    path: &str,
+    method: &str,
+) -> Option<&'a Arc<Route>> {
+    routes.iter().find(|r| r.matches(host, path, method))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, host: Option<&str>, prefix: &str, methods: Option<&[&str]>) -> Arc<Route> {
+        Arc::new(Route {
+            index: 0,
+            name: name.into(),
+            host: host.map(str::to_string),
+            path_prefix: normalize_prefix(prefix),
+            methods: methods.map(|m| m.iter().map(|s| s.to_string()).collect()),
+            upstream: "u".into(),
+            issuers: None,
+            allow_roles: vec![],
+            require_scopes: vec![],
+            require_mfa: false,
+            forward_token: false,
+            auth: AuthMode::Required,
+            row_filters: vec![],
+            line: 1,
+        })
+    }
+
+    #[test]
+    fn prefix_is_segment_aware() {
+        assert!(prefix_matches("/orders", "/orders"));
+        assert!(prefix_matches("/orders", "/orders/7"));
+        assert!(prefix_matches("/orders", "/orders/"));
+        assert!(!prefix_matches("/orders", "/ordersX"));
+        assert!(!prefix_matches("/orders", "/order"));
+        assert!(prefix_matches("/", "/anything"));
+        assert_eq!(normalize_prefix("/orders/"), "/orders");
+        assert_eq!(normalize_prefix("/"), "/");
+    }
+
+    #[test]
+    fn first_match_wins_with_host_and_method() {
+        let routes = vec![
+            route("a", Some("api.example.com"), "/orders", Some(&["GET"])),
+            route("b", None, "/orders", None),
+        ];
+        let hit = |h, p, m| find(&routes, h, p, m).map(|r| r.name.clone());
+        assert_eq!(
+            hit(Some("API.example.com:8443"), "/orders/1", "GET").as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            hit(Some("api.example.com"), "/orders/1", "POST").as_deref(),
+            Some("b")
+        );
+        assert_eq!(hit(Some("other"), "/orders", "GET").as_deref(), Some("b"));
+        assert_eq!(hit(None, "/ordersX", "GET"), None);
+    }
+
+    #[test]
+    fn strip_port_handles_ipv6() {
+        assert_eq!(strip_port("[::1]:8443"), "[::1]");
+        assert_eq!(strip_port("example.com:443"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+    }
+
+    #[test]
+    fn shadowing() {
+        let all = route("all", None, "/", None);
+        let get_orders = route("g", None, "/orders", Some(&["GET"]));
+        let orders = route("o", Some("h"), "/orders/x", Some(&["GET", "HEAD"]));
+        assert!(get_orders.shadowed_by(&all));
+        assert!(!orders.shadowed_by(&get_orders));
+        assert!(!all.shadowed_by(&get_orders));
+        let get_orders_x = route("gx", None, "/orders/x", Some(&["GET"]));
+        assert!(get_orders_x.shadowed_by(&get_orders));
+    }
+
+    #[test]
+    fn ambiguous_paths_refused() {
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "//a",
+            "/a%2fb",
+            "/a%2E%2E/b",
+            "/a\\b",
+            "a",
+            "/x%00",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        for good in ["/", "/orders/7", "/a%20b", "/a.b/c..d"] {
+            assert!(check_path(good).is_ok(), "{good}");
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The pingora `ProxyHttp` implementation: thin, it calls the request-path steps and
+//! carries per-request state in [`Ctx`].
+//!
+//! ```text
+//! client ──TLS (rustls, ALPN h2/http1.1)──▶ pingora listener
+//!   request_filter
+//!      request id (kept if well-formed, else generated)       proxy/headers.rs
+//!      path check (dot segments, '//', encoded separators → 400) policy/route.rs
+//!      route = first match on host, path, method (none → 404)  policy/route.rs
+//!      strip every header gatehouse owns                       proxy/headers.rs
+//!      outcome = Live::decide(route, Authorization)            gate.rs
+//!         └─ cache → verify (auth/) → authorize (policy/rbac.rs)
+//!      deny → problem+json + WWW-Authenticate, done            proxy/problem.rs
+//!   upstream_peer          round robin over healthy addrs, HttpPeer with mTLS
+//!   upstream_request_filter inject identity/row-filter/forwarded headers
+//!   response_filter        HSTS, X-Request-Id
+//!   fail_to_connect        mark the address down, retry another
+//!   fail_to_proxy          502/504 problem+json
+//!   logging                metrics (admin/metrics.rs)
+//! ```
+
+pub mod headers;
+pub mod problem;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::ALPN;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::admin::metrics;
+use crate::config::Upstream;
+use crate::gate::{Live, Outcome};
+use crate::policy::route::{self, Route};
+use problem::Problem;
+
+/// State shared by every request and swapped on reload.
+pub struct Shared {
+    pub live: ArcSwap<Live>,
+    /// Requests in flight (for draining on SIGTERM).
+    pub inflight: AtomicUsize,
+}
+
+impl Shared {
+    pub fn new(live: Live) -> Arc<Self> {
+        Arc::new(Shared {
+            live: ArcSwap::from_pointee(live),
+            inflight: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// The gateway's `ProxyHttp`.
+pub struct Gateway {
+    pub shared: Arc<Shared>,
+}
+
+/// Decrements the in-flight count however a request ends.
+pub struct InflightGuard(Arc<Shared>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    pub live: Arc<Live>,
+    pub route: Option<Arc<Route>>,
+    pub request_id: String,
+    pub outcome: Option<Outcome>,
+    upstream: Option<Arc<Upstream>>,
+    addr_index: usize,
+    tries: usize,
+    upstream_start: Option<Instant>,
+    upstream_status: Option<u16>,
+    /// Status of a response the gateway made itself.
+    own_status: Option<u16>,
+    _inflight: InflightGuard,
+}
+
+/// Seconds an address that refused a connection is skipped.
+const DOWN_FOR_MS: u64 = 10_000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Round robin over the addresses not marked down; when all are down, plain round robin
+/// (better to try than to refuse outright).
+fn pick(up: &Upstream) -> usize {
+    let n = up.addrs.len();
+    let start = up.next.fetch_add(1, Ordering::Relaxed);
+    let now = now_ms();
+    for i in 0..n {
+        let idx = (start + i) % n;
+        if up.down_until[idx].load(Ordering::Relaxed) <= now {
+            return idx;
+        }
+    }
+    start % n
+}
+
+fn host_of(req: &RequestHeader) -> Option<String> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri.authority().map(|a| a.as_str().to_string()))
+}
+
+impl Gateway {
+    async fn respond(&self, session: &mut Session, ctx: &mut Ctx, p: &Problem) -> Result<()> {
+        let body = p.body(&ctx.request_id);
+        let mut resp = ResponseHeader::build(p.status, Some(8))?;
+        resp.insert_header("content-type", "application/problem+json")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(w) = &p.www_authenticate {
+            resp.insert_header("www-authenticate", w.as_str())?;
+        }
+        if let Some(r) = p.retry_after {
+            resp.insert_header("retry-after", r.to_string())?;
+        }
+        if let Some(l) = &p.location {
+            resp.insert_header("location", l.as_str())?;
+        }
+        let hsts = ctx.live.rt.server.hsts_max_age_s;
+        if hsts > 0 {
+            resp.insert_header("strict-transport-security", format!("max-age={hsts}"))?;
+        }
+        ctx.own_status = Some(p.status);
+        let head = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(resp), head).await?;
+        if !head {
+            session
+                .write_response_body(Some(Bytes::from(body)), true)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        self.shared.inflight.fetch_add(1, Ordering::AcqRel);
+        Ctx {
+            start: Instant::now(),
+            live: self.shared.live.load_full(),
+            route: None,
+            request_id: String::new(),
+            outcome: None,
+            upstream: None,
+            addr_index: 0,
+            tries: 0,
+            upstream_start: None,
+            upstream_status: None,
+            own_status: None,
+            _inflight: InflightGuard(self.shared.clone()),
+        }
+    }
+
+    /// Returns `Ok(true)` when the gateway answered itself (denied, no route, bad path),
+    /// `Ok(false)` to go on to the upstream.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let live = ctx.live.clone();
+        let req = session.req_header();
+        ctx.request_id = headers::request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+        let path = req.uri.path().to_string();
+        if let Err(why) = route::check_path(&path) {
+            self.respond(session, ctx, &Problem::bad_path(why)).await?;
+            return Ok(true);
+        }
+        let host = host_of(req);
+        let method = req.method.as_str().to_string();
+        let Some(route) = route::find(&live.rt.routes, host.as_deref(), &path, &method).cloned()
+        else {
+            self.respond(session, ctx, &Problem::not_found()).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(route.clone());
+        headers::strip(session.req_header_mut(), &live.rt.owned_headers);
+        let authz = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
+        let outcome = live.decide(&route, authz.as_deref()).await;
+        ctx.outcome = Some(outcome.clone());
+        match outcome {
+            Outcome::Deny(e) => {
+                metrics::AUTH_DECISIONS_TOTAL
+                    .with_label_values(&[route.name.as_str(), "deny", e.reason.as_str()])
+                    .inc();
+                self.respond(session, ctx, &Problem::from_auth(&e)).await?;
+                Ok(true)
+            }
+            Outcome::Allow(_) => {
+                metrics::AUTH_DECISIONS_TOTAL
+                    .with_label_values(&[route.name.as_str(), "allow", ""])
+                    .inc();
+                Ok(false)
+            }
+            Outcome::Public => Ok(false),
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+        let up = ctx
+            .live
+            .rt
+            .upstreams
+            .get(&route.upstream)
+            .cloned()
+            .ok_or_else(|| {
+                Error::explain(ErrorType::InternalError, "route names no known upstream")
+            })?;
+        let idx = pick(&up);
+        ctx.addr_index = idx;
+        ctx.tries += 1;
+        let mut peer = HttpPeer::new_mtls(up.addrs[idx], up.sni.clone(), up.client.clone());
+        peer.options.ca = Some(up.ca.clone());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.total_connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.write_timeout = Some(up.read_timeout);
+        peer.options.alpn = ALPN::H1;
+        if ctx.upstream_start.is_none() {
+            ctx.upstream_start = Some(Instant::now());
+        }
+        ctx.upstream = Some(up);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(up) = &ctx.upstream {
+            up.down_until[ctx.addr_index].store(now_ms() + DOWN_FOR_MS, Ordering::Relaxed);
+            if ctx.tries < up.addrs.len() {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let forward_token = ctx.route.as_ref().is_some_and(|r| r.forward_token);
+        if !forward_token {
+            req.remove_header(&http::header::AUTHORIZATION);
+        }
+        if let Some(Outcome::Allow(g)) = &ctx.outcome {
+            for (name, value) in &g.headers {
+                req.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a: &SocketAddr| a.ip().to_string());
+        match client_ip {
+            Some(ip) => req.insert_header("x-forwarded-for", ip)?,
+            None => {
+                req.remove_header("x-forwarded-for");
+            }
+        }
+        req.insert_header("x-forwarded-proto", "https")?;
+        req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if req.headers.get(http::header::HOST).is_none() {
+            if let Some(a) = req.uri.authority().map(|a| a.as_str().to_string()) {
+                req.insert_header(http::header::HOST, a)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_status = Some(resp.status.as_u16());
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let hsts = ctx.live.rt.server.hsts_max_age_s;
+        if hsts > 0 {
+            resp.insert_header("strict-transport-security", format!("max-age={hsts}"))?;
+        }
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let problem = match e.etype() {
+            ErrorType::ConnectTimedout
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout
+            | ErrorType::TLSHandshakeTimedout => Some(Problem::gateway_timeout(
+                "the upstream did not answer in time",
+            )),
+            ErrorType::HTTPStatus(code) if *code >= 400 => Some(Problem::new(
+                *code,
+                "error",
+                "Error",
+                "the request could not be handled",
+            )),
+            _ => match e.esource() {
+                ErrorSource::Upstream => Some(Problem::bad_gateway(
+                    "the upstream refused the connection, failed TLS or closed it",
+                )),
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        None
+                    }
+                    _ => Some(Problem::new(
+                        400,
+                        "bad_request",
+                        "Bad request",
+                        "the request could not be read",
+                    )),
+                },
+                ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+                    ErrorType::ConnectRefused
+                    | ErrorType::ConnectNoRoute
+                    | ErrorType::ConnectError
+                    | ErrorType::TLSHandshakeFailure
+                    | ErrorType::InvalidCert
+                    | ErrorType::HandshakeError => Some(Problem::bad_gateway(
+                        "the upstream refused the connection or failed TLS",
+                    )),
+                    _ => Some(Problem::new(
+                        500,
+                        "internal",
+                        "Internal error",
+                        "the gateway failed",
+                    )),
+                },
+            },
+        };
+        let code = match problem {
+            Some(p) => {
+                tracing::warn!(request_id = %ctx.request_id, status = p.status, error = %e.etype().as_str(), "proxy failure");
+                if self.respond(session, ctx, &p).await.is_err() {
+                    0
+                } else {
+                    p.status
+                }
+            }
+            None => 0,
+        };
+        if ctx.upstream.is_some() && ctx.upstream_status.is_none() && code > 0 {
+            ctx.upstream_status = Some(code);
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.own_status)
+            .unwrap_or(0);
+        let route = ctx
+            .route
+            .as_ref()
+            .map(|r| r.name.as_str())
+            .unwrap_or("_none");
+        let method = metrics::method_label(session.req_header().method.as_str());
+        metrics::REQUESTS_TOTAL
+            .with_label_values(&[route, method, &status.to_string()])
+            .inc();
+        metrics::REQUEST_DURATION
+            .with_label_values(&[route])
+            .observe(ctx.start.elapsed().as_secs_f64());
+        if let (Some(up), Some(t)) = (&ctx.upstream, ctx.upstream_start) {
+            let ustatus = ctx.upstream_status.unwrap_or(502);
+            metrics::UPSTREAM_REQUESTS_TOTAL
+                .with_label_values(&[up.name.as_str(), &ustatus.to_string()])
+                .inc();
+            metrics::UPSTREAM_DURATION
+                .with_label_values(&[up.name.as_str()])
+                .observe(t.elapsed().as_secs_f64());
+        }
+    }
+}
