@@ -1,1 +1,112 @@
-fn main() {}
+//! The `gatehouse` command line: serve | check | demo | certs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gatehouse::logging::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "gatehouse", version, about = "TLS-terminating authorization gateway")]
+struct Cli {
+    /// Log output format (stderr). Filter with RUST_LOG, e.g. RUST_LOG=debug.
+    #[arg(long, value_enum, global = true, default_value = "pretty")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Serve {
+        #[arg(short, long, default_value = "config/gatehouse.toml")]
+        config: PathBuf,
+        /// Take the listening sockets over from a running gatehouse (send it SIGQUIT).
+        #[arg(long, short = 'u')]
+        upgrade: bool,
+    },
+    /// Load and validate the config (files and keys included), print a summary.
+    Check {
+        #[arg(short, long, default_value = "config/gatehouse.toml")]
+        config: PathBuf,
+    },
+    /// A self-contained tour on loopback: issuer, mTLS echo backend and the gateway.
+    Demo {
+        /// HTTPS port of the gateway (0 = any free port).
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+    },
+    /// Write a development PKI as PEM files.
+    Certs {
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match cli.cmd {
+        Cmd::Check { config } => match gatehouse::config::load(&config) {
+            Ok(rt) => {
+                print!("{}", rt.summary());
+                for w in &rt.warnings {
+                    println!("warning: {w}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(errs) => {
+                eprintln!("{errs}");
+                eprintln!("{} error(s) in {}", errs.0.len(), config.display());
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Serve { config, upgrade } => {
+            if let Err(errs) = gatehouse::config::load(&config) {
+                eprintln!("{errs}");
+                eprintln!("{} error(s) in {}; nothing started", errs.0.len(), config.display());
+                return ExitCode::from(1);
+            }
+            let mut opts = gatehouse::server::Options::new(config);
+            opts.upgrade = upgrade;
+            opts.signals = true;
+            match gatehouse::server::Gatehouse::start(opts) {
+                Ok(g) => {
+                    g.wait();
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gatehouse: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Certs { out } => {
+            let pki = match gatehouse::devkit::DevPki::generate() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("gatehouse: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            match pki.write_to(&out) {
+                Ok(()) => {
+                    println!("wrote ca.crt ca.key server.crt server.key client.crt client.key backend.crt backend.key to {}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gatehouse: cannot write to {}: {e}", out.display());
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Demo { port } => match gatehouse::demo::run(port) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gatehouse demo: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

@@ -26,8 +26,9 @@ struct Issuer {
 /// Verifies bearer tokens against the configured issuers. `Send + Sync`; share via `Arc`.
 pub struct Authenticator {
     issuers: Vec<Issuer>,
-    /// Exact `iss` -> index in `issuers`.
-    by_iss: HashMap<String, usize>,
+    /// Exact `iss` -> indexes in `issuers` (two config entries may share an `iss`, e.g.
+    /// with different audiences for different routes).
+    by_iss: HashMap<String, Vec<usize>>,
     introspector: Arc<Introspector>,
     io: tokio::runtime::Handle,
     released: AtomicBool,
@@ -93,7 +94,10 @@ impl Authenticator {
                 )
             });
             store.hold();
-            by_iss.entry(settings.issuer.clone()).or_insert(out.len());
+            by_iss
+                .entry(settings.issuer.clone())
+                .or_insert_with(Vec::new)
+                .push(out.len());
             out.push(Issuer {
                 settings: Arc::new(settings),
                 store,
@@ -164,6 +168,11 @@ impl Authenticator {
             .map(|i| i.store.keys().keys.len())
     }
 
+    #[cfg(test)]
+    pub(crate) fn stores_for_tests(&self) -> Vec<Arc<KeyStore>> {
+        self.issuers.iter().map(|i| Arc::clone(&i.store)).collect()
+    }
+
     /// Verifies a bearer token. `allowed_issuers` is the route's `issuers` list (config
     /// names); `None` allows every issuer.
     pub async fn verify(
@@ -182,15 +191,16 @@ impl Authenticator {
         }
         let u = jwt::decode_unverified(token)?;
         let wrong_issuer = |d: &str| AuthError::new(DenyReason::WrongIssuer, d);
-        let issuer = u
+        let same_iss = u
             .iss()
             .and_then(|iss| self.by_iss.get(iss))
-            .map(|&i| &self.issuers[i])
             .ok_or_else(|| wrong_issuer("issuer not trusted"))?;
+        let issuer = same_iss
+            .iter()
+            .map(|&i| &self.issuers[i])
+            .find(|i| allowed(allowed_issuers, &i.settings.name))
+            .ok_or_else(|| wrong_issuer("issuer not accepted on this route"))?;
         let settings = &issuer.settings;
-        if !allowed(allowed_issuers, &settings.name) {
-            return Err(wrong_issuer("issuer not accepted on this route"));
-        }
         if !settings.algorithms.contains(&u.alg) {
             return Err(AuthError::new(
                 DenyReason::DisallowedAlgorithm,

@@ -267,6 +267,9 @@ pub fn bearer_token(authorization: Option<&[u8]>) -> Result<&str, AuthError> {
 }
 
 #[cfg(test)]
+mod e2e_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;

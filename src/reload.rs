@@ -1,0 +1,114 @@
+//! SIGHUP: load and validate the config file and every file it names, then swap the whole
+//! [`Live`] state atomically, or keep the old one and report every error exactly as
+//! `gatehouse check` prints them.
+//!
+//! In-flight requests hold an `Arc` of the state they started with, so they finish under
+//! it; the new state carries a new decision cache, so no decision made under the old
+//! config answers under the new one. Listener addresses, `threads` and `tls_min_version`
+//! are fixed at start: a change to them is reported as needing a restart.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::admin::metrics;
+use crate::auth::Authenticator;
+use crate::config::{self, ConfigErrors, Runtime};
+use crate::gate::Live;
+use crate::proxy::Shared;
+use crate::tls::SwappableCert;
+
+pub struct Reloader {
+    pub path: PathBuf,
+    pub shared: Arc<Shared>,
+    pub cert: Arc<SwappableCert>,
+    pub io: tokio::runtime::Handle,
+    generation: AtomicU64,
+    lock: std::sync::Mutex<()>,
+}
+
+/// Publishes `gatehouse_certificate_expiry_timestamp_seconds` for every loaded certificate.
+pub fn publish_certs(rt: &Runtime) {
+    metrics::CERT_EXPIRY.reset();
+    for c in &rt.certificates {
+        metrics::CERT_EXPIRY
+            .with_label_values(&[c.name.as_str()])
+            .set(c.not_after);
+    }
+}
+
+/// What changed that only a restart applies.
+pub fn needs_restart(old: &Runtime, new: &Runtime) -> Vec<String> {
+    let mut v = Vec::new();
+    if old.server.listen != new.server.listen {
+        v.push(format!("server.listen {} -> {}", old.server.listen, new.server.listen));
+    }
+    if old.server.redirect_http != new.server.redirect_http {
+        v.push("server.redirect_http".to_string());
+    }
+    if old.admin_listen != new.admin_listen {
+        v.push("admin.listen".to_string());
+    }
+    if old.server.tls_min != new.server.tls_min {
+        v.push("server.tls_min_version".to_string());
+    }
+    if old.server.threads != new.server.threads {
+        v.push("server.threads".to_string());
+    }
+    if old.audit.path != new.audit.path {
+        v.push("audit.path".to_string());
+    }
+    v
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, shared: Arc<Shared>, cert: Arc<SwappableCert>, io: tokio::runtime::Handle) -> Self {
+        Reloader {
+            path,
+            shared,
+            cert,
+            io,
+            generation: AtomicU64::new(1),
+            lock: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reloads once. `Ok` holds the settings that changed but need a restart.
+    pub fn reload(&self) -> Result<Vec<String>, ConfigErrors> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let new = match config::load(&self.path) {
+            Ok(rt) => Arc::new(rt),
+            Err(e) => {
+                metrics::CONFIG_RELOADS_TOTAL.with_label_values(&["error"]).inc();
+                for err in &e.0 {
+                    tracing::error!(target: "gatehouse::reload", "{err}");
+                }
+                tracing::error!(target: "gatehouse::reload", errors = e.0.len(), "reload refused; still serving the previous config");
+                return Err(e);
+            }
+        };
+        let old = self.shared.live.load_full();
+        let restart = needs_restart(&old.rt, &new);
+        for w in &new.warnings {
+            tracing::warn!(target: "gatehouse::reload", "{w}");
+        }
+        let auth = Arc::new(Authenticator::new(
+            new.issuers.clone(),
+            self.io.clone(),
+            Some(&old.auth),
+        ));
+        auth.start();
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.cert.swap(new.server.cert.clone());
+        publish_certs(&new);
+        self.shared
+            .live
+            .store(Arc::new(Live::new(new.clone(), auth, generation)));
+        metrics::CONFIG_RELOADS_TOTAL.with_label_values(&["ok"]).inc();
+        for r in &restart {
+            tracing::warn!(target: "gatehouse::reload", setting = %r, "changed in the file but only applies after a restart");
+        }
+        tracing::info!(target: "gatehouse::reload", generation, routes = new.routes.len(), "config reloaded");
+        Ok(restart)
+    }
+}

@@ -1,0 +1,370 @@
+//! Starting and stopping the whole gateway: the pingora HTTPS service, the background
+//! runtime (admin and redirect listeners, JWKS refresh, reload, signals) and draining.
+//!
+//! pingora runs on its own thread with its own runtimes; everything else runs on one
+//! small background runtime so that a slow IdP or a metrics scrape never occupies a
+//! proxy worker. `serve` and `demo` install OS signal handling; tests drive the same
+//! [`Gatehouse`] in-process and stop it with [`Gatehouse::stop`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use tokio::sync::{mpsc, watch};
+
+use crate::admin::{self, metrics};
+use crate::auth::Authenticator;
+use crate::config::{self, ConfigErrors};
+use crate::gate::Live;
+use crate::proxy::{Gateway, Shared};
+use crate::reload::{self, Reloader};
+use crate::tls::{self, SwappableCert};
+
+/// How to start.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub config: PathBuf,
+    /// Take the listening sockets over from a running gatehouse (pingora's SIGQUIT
+    /// hand-over; see the README).
+    pub upgrade: bool,
+    /// Handle SIGHUP (reload), SIGTERM/SIGINT (drain, exit 0) and SIGQUIT (hand-over).
+    pub signals: bool,
+    /// How long `start` waits for every issuer's keys before returning (readiness is
+    /// reported either way).
+    pub wait_ready: Duration,
+}
+
+impl Options {
+    pub fn new(config: impl Into<PathBuf>) -> Self {
+        Options {
+            config: config.into(),
+            upgrade: false,
+            signals: false,
+            wait_ready: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running gateway.
+pub struct Gatehouse {
+    pub shared: Arc<Shared>,
+    pub reloader: Arc<Reloader>,
+    pub https_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub redirect_addr: Option<SocketAddr>,
+    bg: Option<tokio::runtime::Runtime>,
+    stop_listeners: watch::Sender<bool>,
+    pingora_signal: mpsc::UnboundedSender<ShutdownSignal>,
+    pingora_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Hands pingora the shutdown requests that gatehouse decides on.
+struct ChannelSignal(tokio::sync::Mutex<mpsc::UnboundedReceiver<ShutdownSignal>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for ChannelSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        match self.0.lock().await.recv().await {
+            Some(s) => s,
+            None => ShutdownSignal::FastShutdown,
+        }
+    }
+}
+
+static EXIT_HOOKS: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers work to do before the process exits after a drain (flush the audit log,
+/// remove the demo's files).
+pub fn on_exit(f: Box<dyn FnOnce() + Send>) {
+    EXIT_HOOKS.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+}
+
+fn exit_now() -> ! {
+    let hooks = std::mem::take(&mut *EXIT_HOOKS.lock().unwrap_or_else(|e| e.into_inner()));
+    for h in hooks {
+        h();
+    }
+    std::process::exit(0)
+}
+
+/// Loads the config or returns every error (for `serve`: print and exit 1).
+pub fn load(path: &Path) -> Result<config::Runtime, ConfigErrors> {
+    config::load(path)
+}
+
+impl Gatehouse {
+    /// Loads the config and starts everything. Returns once the listeners are bound.
+    pub fn start(opts: Options) -> anyhow::Result<Gatehouse> {
+        let rt = Arc::new(load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?);
+        for w in &rt.warnings {
+            tracing::warn!("{w}");
+        }
+        if !tls::install_provider(rt.server.tls_min) && tls::installed_min() != Some(rt.server.tls_min) {
+            tracing::warn!("a TLS provider was already installed in this process; tls_min_version applies from the next start");
+        }
+        metrics::init();
+        reload::publish_certs(&rt);
+        let bg = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("gatehouse-bg")
+            .enable_all()
+            .build()
+            .context("cannot start the background runtime")?;
+        let auth = Arc::new(Authenticator::new(rt.issuers.clone(), bg.handle().clone(), None));
+        auth.start();
+        let shared = Shared::new(Live::new(rt.clone(), auth.clone(), 1));
+        let cert = SwappableCert::new(rt.server.cert.clone());
+        let reloader = Arc::new(Reloader::new(opts.config.clone(), shared.clone(), cert.clone(), bg.handle().clone()));
+
+        // Admin and redirect listeners: bound here so that a port in use fails the start.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let admin_addr = match rt.admin_listen {
+            Some(addr) => {
+                let l = bg.block_on(admin::bind(addr, "admin.listen"))?;
+                let local = l.local_addr()?;
+                let shared_r = shared.clone();
+                let ready: admin::ReadyCheck = Arc::new(move || readiness(&shared_r));
+                bg.spawn(admin::serve_plain(l, stop_rx.clone(), admin::admin_handler(ready)));
+                Some(local)
+            }
+            None => None,
+        };
+        let redirect_addr = match rt.server.redirect_http {
+            Some(addr) => {
+                let l = bg.block_on(admin::bind(addr, "server.redirect_http"))?;
+                let local = l.local_addr()?;
+                bg.spawn(admin::serve_plain(
+                    l,
+                    stop_rx.clone(),
+                    admin::redirect_handler(rt.server.listen.port(), rt.server.hsts_max_age_s),
+                ));
+                Some(local)
+            }
+            None => None,
+        };
+
+        // The HTTPS listener must be free: pingora would only panic on its own thread.
+        if !opts.upgrade {
+            std::net::TcpListener::bind(rt.server.listen)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.listen): {e}", rt.server.listen))?;
+        }
+
+        let mut conf = ServerConf::default();
+        conf.threads = rt.server.threads;
+        conf.grace_period_seconds = Some(rt.server.drain_timeout_s);
+        conf.graceful_shutdown_timeout_seconds = Some(1);
+        conf.upgrade_sock = upgrade_sock(&opts.config);
+        conf.pid_file = std::env::temp_dir().join("gatehouse.pid").display().to_string();
+        let mut opt = Opt::default();
+        opt.upgrade = opts.upgrade;
+        let mut server = Server::new_with_opt_and_conf(opt, conf);
+        server.bootstrap();
+        let mut service = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            Gateway { shared: shared.clone() },
+            "gatehouse",
+        );
+        let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))
+            .map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
+        settings.set_cert_resolver(cert.clone());
+        settings.enable_h2();
+        service.add_tls_with_settings(&rt.server.listen.to_string(), None, settings);
+        server.add_service(service);
+
+        let (sig_tx, sig_rx) = mpsc::unbounded_channel();
+        let watch = ChannelSignal(tokio::sync::Mutex::new(sig_rx));
+        let pingora_thread = std::thread::Builder::new()
+            .name("gatehouse-pingora".into())
+            .spawn(move || {
+                server.run(RunArgs {
+                    shutdown_signal: Box::new(watch),
+                })
+            })
+            .context("cannot start the proxy thread")?;
+
+        wait_listening(rt.server.listen, Duration::from_secs(10))?;
+        if opts.signals {
+            bg.spawn(signal_loop(
+                reloader.clone(),
+                shared.clone(),
+                sig_tx.clone(),
+                rt.server.drain_timeout_s,
+            ));
+        }
+        bg.block_on(auth.wait_ready(opts.wait_ready));
+        tracing::info!(listen = %rt.server.listen, admin = ?admin_addr, routes = rt.routes.len(), "gatehouse is serving");
+        Ok(Gatehouse {
+            shared,
+            reloader,
+            https_addr: rt.server.listen,
+            admin_addr,
+            redirect_addr,
+            bg: Some(bg),
+            stop_listeners: stop_tx,
+            pingora_signal: sig_tx,
+            pingora_thread: Some(pingora_thread),
+        })
+    }
+
+    /// What SIGHUP does.
+    pub fn reload(&self) -> Result<Vec<String>, ConfigErrors> {
+        self.reloader.reload()
+    }
+
+    /// Blocks until the proxy stops (a signal when started with `signals`).
+    pub fn wait(mut self) {
+        if let Some(t) = self.pingora_thread.take() {
+            let _ = t.join();
+        }
+        self.shutdown_background();
+    }
+
+    /// Stops at once (tests, demo teardown).
+    pub fn stop(mut self) {
+        let _ = self.pingora_signal.send(ShutdownSignal::FastShutdown);
+        if let Some(t) = self.pingora_thread.take() {
+            let _ = t.join();
+        }
+        self.shutdown_background();
+    }
+
+    fn shutdown_background(&mut self) {
+        let _ = self.stop_listeners.send(true);
+        self.shared.live.load().auth.stop();
+        if let Some(bg) = self.bg.take() {
+            bg.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+
+    /// A handle on the background runtime (tests).
+    pub fn io(&self) -> tokio::runtime::Handle {
+        self.bg.as_ref().expect("running").handle().clone()
+    }
+}
+
+impl Drop for Gatehouse {
+    fn drop(&mut self) {
+        if self.pingora_thread.is_some() {
+            let _ = self.pingora_signal.send(ShutdownSignal::FastShutdown);
+            if let Some(t) = self.pingora_thread.take() {
+                let _ = t.join();
+            }
+        }
+        self.shutdown_background();
+    }
+}
+
+/// `/readyz`: config loaded (always, once running), every issuer has keys.
+fn readiness(shared: &Shared) -> Result<(), String> {
+    let live = shared.live.load();
+    let missing = live.auth.not_ready();
+    if !missing.is_empty() {
+        return Err(format!("no signing keys yet for issuer(s): {}", missing.join(", ")));
+    }
+    Ok(())
+}
+
+struct NoCallbacks;
+
+#[async_trait]
+impl pingora::listeners::TlsAccept for NoCallbacks {}
+
+fn upgrade_sock(config: &Path) -> String {
+    let name = config
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "gatehouse".into());
+    std::env::temp_dir()
+        .join(format!("gatehouse-{name}-upgrade.sock"))
+        .display()
+        .to_string()
+}
+
+fn wait_listening(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
+    let target = match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], a.port())),
+        SocketAddr::V6(a) if a.ip().is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port())),
+        a => a,
+    };
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::bail!("the HTTPS listener on {addr} did not come up within {within:?}")
+}
+
+/// SIGHUP reloads; SIGTERM and SIGINT stop accepting, wait for in-flight requests (at
+/// most `drain_timeout_s`) and exit 0 as soon as the last one is done; SIGQUIT hands the
+/// listening sockets to a new process started with `serve --upgrade`.
+async fn signal_loop(
+    reloader: Arc<Reloader>,
+    shared: Arc<Shared>,
+    pingora: mpsc::UnboundedSender<ShutdownSignal>,
+    drain_timeout_s: u64,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::quit()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                let r = reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+            }
+            _ = term.recv() => { drain(&shared, &pingora, drain_timeout_s, "SIGTERM").await; }
+            _ = int.recv() => { drain(&shared, &pingora, drain_timeout_s, "SIGINT").await; }
+            _ = quit.recv() => {
+                tracing::info!("SIGQUIT: handing the listening sockets to the new process");
+                let _ = pingora.send(ShutdownSignal::GracefulUpgrade);
+                wait_idle(&shared, drain_timeout_s).await;
+                exit_now();
+            }
+        }
+    }
+}
+
+async fn drain(shared: &Shared, pingora: &mpsc::UnboundedSender<ShutdownSignal>, drain_timeout_s: u64, sig: &str) {
+    let n = shared.inflight.load(Ordering::Acquire);
+    tracing::info!(in_flight = n, drain_timeout_s, "{sig}: no longer accepting; draining");
+    let _ = pingora.send(ShutdownSignal::GracefulTerminate);
+    let done = wait_idle(shared, drain_timeout_s).await;
+    if done {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!(in_flight = shared.inflight.load(Ordering::Acquire), "drain timeout reached; exiting");
+    }
+    exit_now();
+}
+
+/// True when no request is in flight, false when the timeout came first.
+async fn wait_idle(shared: &Shared, timeout_s: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(timeout_s);
+    // Let the listeners close before counting: a request accepted just before the
+    // signal must be counted.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    while Instant::now() < deadline {
+        if shared.inflight.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
