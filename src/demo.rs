@@ -29,7 +29,13 @@ pub fn free_port() -> u16 {
 }
 
 /// The demo's config file text.
-pub fn demo_config(issuer_url: &str, echo: SocketAddr, https: u16, redirect: u16, admin: u16) -> String {
+pub fn demo_config(
+    issuer_url: &str,
+    echo: SocketAddr,
+    https: u16,
+    redirect: u16,
+    admin: u16,
+) -> String {
     format!(
         r#"# Written by `gatehouse demo`. The annotated reference is config/gatehouse.toml.
 [server]
@@ -112,7 +118,11 @@ pub fn run(port: u16) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let pki = DevPki::generate()?;
     pki.write_to(&dir.join("certs"))?;
-    write(&dir, "pseudonym.key", &crate::proxy::headers::new_request_id())?;
+    write(
+        &dir,
+        "pseudonym.key",
+        &crate::proxy::headers::new_request_id(),
+    )?;
 
     let io = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -132,7 +142,11 @@ pub fn run(port: u16) -> anyhow::Result<()> {
         KeyAlg::ES256,
         json!({"region": "eu-west", "scope": "orders.read"}),
     );
-    let echo = io.block_on(EchoBackend::start(&pki.backend, &pki.ca.cert_pem, EchoOptions::default()))?;
+    let echo = io.block_on(EchoBackend::start(
+        &pki.backend,
+        &pki.ca.cert_pem,
+        EchoOptions::default(),
+    ))?;
 
     let https = port_or_free(port);
     let redirect = port_or_free(if port == 0 { 0 } else { 8080 });

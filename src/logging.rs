@@ -18,7 +18,8 @@ pub const DEFAULT_FILTER: &str = "info,rustls=error,pingora_core::services::list
 /// Installs the global subscriber once; later calls do nothing.
 pub fn init(format: LogFormat) {
     let _ = tracing_log::LogTracer::init();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

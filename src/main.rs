@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use gatehouse::logging::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "gatehouse", version, about = "TLS-terminating authorization gateway")]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "TLS-terminating authorization gateway"
+)]
 struct Cli {
     /// Log output format (stderr). Filter with RUST_LOG, e.g. RUST_LOG=debug.
     #[arg(long, value_enum, global = true, default_value = "pretty")]
@@ -65,7 +69,11 @@ fn main() -> ExitCode {
         Cmd::Serve { config, upgrade } => {
             if let Err(errs) = gatehouse::config::load(&config) {
                 eprintln!("{errs}");
-                eprintln!("{} error(s) in {}; nothing started", errs.0.len(), config.display());
+                eprintln!(
+                    "{} error(s) in {}; nothing started",
+                    errs.0.len(),
+                    config.display()
+                );
                 return ExitCode::from(1);
             }
             let mut opts = gatehouse::server::Options::new(config);

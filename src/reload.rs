@@ -41,7 +41,10 @@ pub fn publish_certs(rt: &Runtime) {
 pub fn needs_restart(old: &Runtime, new: &Runtime) -> Vec<String> {
     let mut v = Vec::new();
     if old.server.listen != new.server.listen {
-        v.push(format!("server.listen {} -> {}", old.server.listen, new.server.listen));
+        v.push(format!(
+            "server.listen {} -> {}",
+            old.server.listen, new.server.listen
+        ));
     }
     if old.server.redirect_http != new.server.redirect_http {
         v.push("server.redirect_http".to_string());
@@ -62,7 +65,12 @@ pub fn needs_restart(old: &Runtime, new: &Runtime) -> Vec<String> {
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, shared: Arc<Shared>, cert: Arc<SwappableCert>, io: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        path: PathBuf,
+        shared: Arc<Shared>,
+        cert: Arc<SwappableCert>,
+        io: tokio::runtime::Handle,
+    ) -> Self {
         Reloader {
             path,
             shared,
@@ -79,7 +87,9 @@ impl Reloader {
         let new = match config::load(&self.path) {
             Ok(rt) => Arc::new(rt),
             Err(e) => {
-                metrics::CONFIG_RELOADS_TOTAL.with_label_values(&["error"]).inc();
+                metrics::CONFIG_RELOADS_TOTAL
+                    .with_label_values(&["error"])
+                    .inc();
                 for err in &e.0 {
                     tracing::error!(target: "gatehouse::reload", "{err}");
                 }
@@ -104,7 +114,9 @@ impl Reloader {
         self.shared
             .live
             .store(Arc::new(Live::new(new.clone(), auth, generation)));
-        metrics::CONFIG_RELOADS_TOTAL.with_label_values(&["ok"]).inc();
+        metrics::CONFIG_RELOADS_TOTAL
+            .with_label_values(&["ok"])
+            .inc();
         for r in &restart {
             tracing::warn!(target: "gatehouse::reload", setting = %r, "changed in the file but only applies after a restart");
         }

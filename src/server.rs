@@ -78,7 +78,8 @@ impl ShutdownSignalWatch for ChannelSignal {
     }
 }
 
-static EXIT_HOOKS: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>> = std::sync::Mutex::new(Vec::new());
+static EXIT_HOOKS: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>> =
+    std::sync::Mutex::new(Vec::new());
 
 /// Registers work to do before the process exits after a drain (flush the audit log,
 /// remove the demo's files).
@@ -106,7 +107,9 @@ impl Gatehouse {
         for w in &rt.warnings {
             tracing::warn!("{w}");
         }
-        if !tls::install_provider(rt.server.tls_min) && tls::installed_min() != Some(rt.server.tls_min) {
+        if !tls::install_provider(rt.server.tls_min)
+            && tls::installed_min() != Some(rt.server.tls_min)
+        {
             tracing::warn!("a TLS provider was already installed in this process; tls_min_version applies from the next start");
         }
         metrics::init();
@@ -117,11 +120,20 @@ impl Gatehouse {
             .enable_all()
             .build()
             .context("cannot start the background runtime")?;
-        let auth = Arc::new(Authenticator::new(rt.issuers.clone(), bg.handle().clone(), None));
+        let auth = Arc::new(Authenticator::new(
+            rt.issuers.clone(),
+            bg.handle().clone(),
+            None,
+        ));
         auth.start();
         let shared = Shared::new(Live::new(rt.clone(), auth.clone(), 1));
         let cert = SwappableCert::new(rt.server.cert.clone());
-        let reloader = Arc::new(Reloader::new(opts.config.clone(), shared.clone(), cert.clone(), bg.handle().clone()));
+        let reloader = Arc::new(Reloader::new(
+            opts.config.clone(),
+            shared.clone(),
+            cert.clone(),
+            bg.handle().clone(),
+        ));
 
         // Admin and redirect listeners: bound here so that a port in use fails the start.
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -131,7 +143,11 @@ impl Gatehouse {
                 let local = l.local_addr()?;
                 let shared_r = shared.clone();
                 let ready: admin::ReadyCheck = Arc::new(move || readiness(&shared_r));
-                bg.spawn(admin::serve_plain(l, stop_rx.clone(), admin::admin_handler(ready)));
+                bg.spawn(admin::serve_plain(
+                    l,
+                    stop_rx.clone(),
+                    admin::admin_handler(ready),
+                ));
                 Some(local)
             }
             None => None,
@@ -152,8 +168,9 @@ impl Gatehouse {
 
         // The HTTPS listener must be free: pingora would only panic on its own thread.
         if !opts.upgrade {
-            std::net::TcpListener::bind(rt.server.listen)
-                .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.listen): {e}", rt.server.listen))?;
+            std::net::TcpListener::bind(rt.server.listen).map_err(|e| {
+                anyhow::anyhow!("cannot listen on {} (server.listen): {e}", rt.server.listen)
+            })?;
         }
 
         let mut conf = ServerConf::default();
@@ -161,14 +178,19 @@ impl Gatehouse {
         conf.grace_period_seconds = Some(rt.server.drain_timeout_s);
         conf.graceful_shutdown_timeout_seconds = Some(1);
         conf.upgrade_sock = upgrade_sock(&opts.config);
-        conf.pid_file = std::env::temp_dir().join("gatehouse.pid").display().to_string();
+        conf.pid_file = std::env::temp_dir()
+            .join("gatehouse.pid")
+            .display()
+            .to_string();
         let mut opt = Opt::default();
         opt.upgrade = opts.upgrade;
         let mut server = Server::new_with_opt_and_conf(opt, conf);
         server.bootstrap();
         let mut service = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
-            Gateway { shared: shared.clone() },
+            Gateway {
+                shared: shared.clone(),
+            },
             "gatehouse",
         );
         let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))
@@ -266,7 +288,10 @@ fn readiness(shared: &Shared) -> Result<(), String> {
     let live = shared.live.load();
     let missing = live.auth.not_ready();
     if !missing.is_empty() {
-        return Err(format!("no signing keys yet for issuer(s): {}", missing.join(", ")));
+        return Err(format!(
+            "no signing keys yet for issuer(s): {}",
+            missing.join(", ")
+        ));
     }
     Ok(())
 }
@@ -289,8 +314,12 @@ fn upgrade_sock(config: &Path) -> String {
 
 fn wait_listening(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
     let target = match addr {
-        SocketAddr::V4(a) if a.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], a.port())),
-        SocketAddr::V6(a) if a.ip().is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port())),
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
         a => a,
     };
     let start = Instant::now();
@@ -341,15 +370,27 @@ async fn signal_loop(
     }
 }
 
-async fn drain(shared: &Shared, pingora: &mpsc::UnboundedSender<ShutdownSignal>, drain_timeout_s: u64, sig: &str) {
+async fn drain(
+    shared: &Shared,
+    pingora: &mpsc::UnboundedSender<ShutdownSignal>,
+    drain_timeout_s: u64,
+    sig: &str,
+) {
     let n = shared.inflight.load(Ordering::Acquire);
-    tracing::info!(in_flight = n, drain_timeout_s, "{sig}: no longer accepting; draining");
+    tracing::info!(
+        in_flight = n,
+        drain_timeout_s,
+        "{sig}: no longer accepting; draining"
+    );
     let _ = pingora.send(ShutdownSignal::GracefulTerminate);
     let done = wait_idle(shared, drain_timeout_s).await;
     if done {
         tracing::info!("drained; exiting");
     } else {
-        tracing::warn!(in_flight = shared.inflight.load(Ordering::Acquire), "drain timeout reached; exiting");
+        tracing::warn!(
+            in_flight = shared.inflight.load(Ordering::Acquire),
+            "drain timeout reached; exiting"
+        );
     }
     exit_now();
 }

@@ -52,7 +52,11 @@ where
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<Full<Bytes>> {
+fn text(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -61,7 +65,13 @@ fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) 
 }
 
 /// The admin handler.
-pub fn admin_handler(ready: ReadyCheck) -> impl Fn(Request<Incoming>) -> std::future::Ready<Response<Full<Bytes>>> + Clone + Send + Sync + 'static {
+pub fn admin_handler(
+    ready: ReadyCheck,
+) -> impl Fn(Request<Incoming>) -> std::future::Ready<Response<Full<Bytes>>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
     move |req: Request<Incoming>| {
         let resp = if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
             text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n", "text/plain")
@@ -70,10 +80,22 @@ pub fn admin_handler(ready: ReadyCheck) -> impl Fn(Request<Incoming>) -> std::fu
                 "/healthz" => text(StatusCode::OK, "ok\n", "text/plain"),
                 "/readyz" => match ready() {
                     Ok(()) => text(StatusCode::OK, "ready\n", "text/plain"),
-                    Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"), "text/plain"),
+                    Err(why) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {why}\n"),
+                        "text/plain",
+                    ),
                 },
-                "/metrics" => text(StatusCode::OK, metrics::render(), "text/plain; version=0.0.4"),
-                _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz or /metrics\n", "text/plain"),
+                "/metrics" => text(
+                    StatusCode::OK,
+                    metrics::render(),
+                    "text/plain; version=0.0.4",
+                ),
+                _ => text(
+                    StatusCode::NOT_FOUND,
+                    "not found: try /healthz, /readyz or /metrics\n",
+                    "text/plain",
+                ),
             }
         };
         std::future::ready(resp)
@@ -81,14 +103,25 @@ pub fn admin_handler(ready: ReadyCheck) -> impl Fn(Request<Incoming>) -> std::fu
 }
 
 /// The redirect handler: `308` to `https://HOST[:PORT]/path?query`.
-pub fn redirect_handler(https_port: u16, hsts_max_age_s: u64) -> impl Fn(Request<Incoming>) -> std::future::Ready<Response<Full<Bytes>>> + Clone + Send + Sync + 'static {
+pub fn redirect_handler(
+    https_port: u16,
+    hsts_max_age_s: u64,
+) -> impl Fn(Request<Incoming>) -> std::future::Ready<Response<Full<Bytes>>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
     move |req: Request<Incoming>| {
         std::future::ready(redirect_response(&req, https_port, hsts_max_age_s))
     }
 }
 
 /// Builds the redirect for one request (plain function for unit tests).
-pub fn redirect_response<B>(req: &Request<B>, https_port: u16, _hsts_max_age_s: u64) -> Response<Full<Bytes>> {
+pub fn redirect_response<B>(
+    req: &Request<B>,
+    https_port: u16,
+    _hsts_max_age_s: u64,
+) -> Response<Full<Bytes>> {
     let host = req
         .headers()
         .get(http::header::HOST)
@@ -96,9 +129,17 @@ pub fn redirect_response<B>(req: &Request<B>, https_port: u16, _hsts_max_age_s: 
         .map(|h| crate::policy::route::strip_port(h).to_string())
         .filter(|h| valid_host(h));
     let Some(host) = host else {
-        return text(StatusCode::BAD_REQUEST, "a valid Host header is required\n", "text/plain");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "a valid Host header is required\n",
+            "text/plain",
+        );
     };
-    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let location = if https_port == 443 {
         format!("https://{host}{pq}")
     } else {
@@ -120,7 +161,8 @@ fn valid_host(h: &str) -> bool {
     }
     !h.is_empty()
         && h.len() <= 253
-        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// Binds a listener, with a message that names the key to change.
@@ -146,7 +188,10 @@ mod tests {
     fn redirect_keeps_path_and_query_and_uses_https_port() {
         let r = redirect_response(&req(Some("api.example.com:8080"), "/orders/7?x=1"), 8443, 0);
         assert_eq!(r.status(), 308);
-        assert_eq!(r.headers()["location"], "https://api.example.com:8443/orders/7?x=1");
+        assert_eq!(
+            r.headers()["location"],
+            "https://api.example.com:8443/orders/7?x=1"
+        );
         let r = redirect_response(&req(Some("api.example.com"), "/"), 443, 0);
         assert_eq!(r.headers()["location"], "https://api.example.com/");
         let r = redirect_response(&req(Some("[::1]:8080"), "/a"), 8443, 0);
@@ -156,7 +201,13 @@ mod tests {
     #[test]
     fn redirect_refuses_bad_host() {
         assert_eq!(redirect_response(&req(None, "/"), 8443, 0).status(), 400);
-        assert_eq!(redirect_response(&req(Some("evil.com/x"), "/"), 8443, 0).status(), 400);
-        assert_eq!(redirect_response(&req(Some("a@b"), "/"), 8443, 0).status(), 400);
+        assert_eq!(
+            redirect_response(&req(Some("evil.com/x"), "/"), 8443, 0).status(),
+            400
+        );
+        assert_eq!(
+            redirect_response(&req(Some("a@b"), "/"), 8443, 0).status(),
+            400
+        );
     }
 }

@@ -1,0 +1,420 @@
+//! Shared harness for the end-to-end tests: a dev PKI, the devkit OIDC issuer, the mTLS
+//! echo backend and the gateway in-process on ephemeral loopback ports, driven by reqwest
+//! over real TLS. Every `Env` stops what it started when dropped.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse::devkit::{DevPki, EchoBackend, EchoOptions, IssuerOptions, KeyAlg, MockIssuer};
+use gatehouse::server::{Gatehouse, Options};
+use serde_json::{json, Value};
+
+pub const AUDIENCE: &str = "api://orders";
+
+/// Default routes: a public status route, an orders read route with a row filter, an
+/// orders update route that needs MFA, and an admin route.
+pub const DEFAULT_ROUTES: &str = r#"
+[roles.data-steward]
+groups = ["sg-data-stewards"]
+[roles.integration]
+clients = ["billing-sync"]
+[roles.admin]
+groups = ["sg-mdm-admins"]
+
+[[routes]]
+name = "status"
+path_prefix = "/public"
+upstream = "echo"
+auth = "none"
+
+[[routes]]
+name = "orders-read"
+path_prefix = "/orders"
+methods = ["GET", "HEAD"]
+upstream = "echo"
+allow_roles = ["data-steward", "integration", "admin"]
+require_scopes = ["orders.read"]
+[[routes.row_filters]]
+header = "X-Row-Filter"
+value = "region={claims.region}"
+except_roles = ["admin"]
+
+[[routes]]
+name = "orders-update"
+path_prefix = "/orders"
+methods = ["POST", "PUT", "PATCH", "DELETE"]
+upstream = "echo"
+allow_roles = ["data-steward", "admin"]
+require_scopes = ["orders.write"]
+require_mfa = true
+[[routes.row_filters]]
+header = "X-Row-Filter"
+value = "region={claims.region};owner={sub}"
+except_roles = ["admin"]
+
+[[routes]]
+name = "anyone"
+path_prefix = "/profile"
+upstream = "echo"
+allow_roles = []
+"#;
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub pki: DevPki,
+    pub rt: tokio::runtime::Runtime,
+    pub issuer: Option<MockIssuer>,
+    pub echo: Option<EchoBackend>,
+    pub gw: Option<Gatehouse>,
+    pub config: PathBuf,
+    pub https: SocketAddr,
+}
+
+/// What to vary when building an `Env`.
+pub struct EnvOptions {
+    /// Everything after `[server]`/`[admin]`/`[issuers.corp]`/`[upstreams.echo]`: roles
+    /// and routes (TOML). `{echo}` and `{issuer}` are replaced.
+    pub routes: String,
+    /// Extra lines for `[server]`.
+    pub server_extra: String,
+    /// Extra lines for `[issuers.corp]`.
+    pub issuer_extra: String,
+    /// Extra lines for `[upstreams.echo]`.
+    pub upstream_extra: String,
+    /// Override the upstream address list (TOML array body), e.g. a dead port.
+    pub upstream_addrs: Option<String>,
+    pub issuer_down_at_start: bool,
+    pub start_gateway: bool,
+}
+
+impl Default for EnvOptions {
+    fn default() -> Self {
+        EnvOptions {
+            routes: DEFAULT_ROUTES.to_string(),
+            server_extra: String::new(),
+            issuer_extra: String::new(),
+            upstream_extra: String::new(),
+            upstream_addrs: None,
+            issuer_down_at_start: false,
+            start_gateway: true,
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    gatehouse::demo::free_port()
+}
+
+pub fn init_logs() {
+    gatehouse::logging::init(gatehouse::logging::LogFormat::Pretty);
+}
+
+impl Env {
+    pub fn start() -> Env {
+        Env::with(EnvOptions::default())
+    }
+
+    pub fn with(o: EnvOptions) -> Env {
+        init_logs();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = DevPki::generate().expect("pki");
+        pki.write_to(&dir.path().join("certs"))
+            .expect("write certs");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let issuer = rt
+            .block_on(MockIssuer::start(
+                &pki.server,
+                IssuerOptions {
+                    audience: AUDIENCE.into(),
+                    algs: vec![KeyAlg::RS256, KeyAlg::ES256],
+                    ..IssuerOptions::default()
+                },
+            ))
+            .expect("issuer");
+        issuer.register_client(
+            "billing-sync",
+            "s3cret",
+            KeyAlg::ES256,
+            json!({"region": "eu-west"}),
+        );
+        if o.issuer_down_at_start {
+            issuer.set_down(true);
+        }
+        let echo = rt
+            .block_on(EchoBackend::start(
+                &pki.backend,
+                &pki.ca.cert_pem,
+                EchoOptions::default(),
+            ))
+            .expect("echo");
+        let https_port = free_port();
+        let admin_port = free_port();
+        let redirect_port = free_port();
+        let addrs = o
+            .upstream_addrs
+            .clone()
+            .unwrap_or_else(|| format!("\"{}\"", echo.addr()));
+        let text = format!(
+            r#"[server]
+listen = "127.0.0.1:{https_port}"
+redirect_http = "127.0.0.1:{redirect_port}"
+cert = "certs/server.crt"
+key = "certs/server.key"
+drain_timeout_s = 5
+threads = 2
+{server_extra}
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[issuers.corp]
+issuer = "{issuer}"
+discovery = true
+ca = "certs/ca.crt"
+audiences = ["{AUDIENCE}"]
+{issuer_extra}
+
+[upstreams.echo]
+addrs = [{addrs}]
+sni = "localhost"
+ca = "certs/ca.crt"
+client_cert = "certs/client.crt"
+client_key = "certs/client.key"
+connect_timeout_ms = 1000
+read_timeout_ms = 1500
+{upstream_extra}
+
+{routes}
+"#,
+            server_extra = o.server_extra,
+            issuer = issuer.issuer_url(),
+            issuer_extra = o.issuer_extra,
+            upstream_extra = o.upstream_extra,
+            routes = o
+                .routes
+                .replace("{echo}", &echo.addr().to_string())
+                .replace("{issuer}", &issuer.issuer_url()),
+        );
+        let config = dir.path().join("gatehouse.toml");
+        std::fs::write(&config, text).unwrap();
+        let mut env = Env {
+            dir,
+            pki,
+            rt,
+            issuer: Some(issuer),
+            echo: Some(echo),
+            gw: None,
+            config,
+            https: SocketAddr::from(([127, 0, 0, 1], https_port)),
+        };
+        if o.start_gateway {
+            env.start_gateway();
+        }
+        env
+    }
+
+    pub fn start_gateway(&mut self) {
+        let mut opts = Options::new(&self.config);
+        opts.wait_ready = Duration::from_secs(5);
+        self.gw = Some(Gatehouse::start(opts).expect("gateway starts"));
+    }
+
+    pub fn gw(&self) -> &Gatehouse {
+        self.gw.as_ref().expect("gateway running")
+    }
+
+    pub fn issuer(&self) -> &MockIssuer {
+        self.issuer.as_ref().unwrap()
+    }
+
+    pub fn echo(&self) -> &EchoBackend {
+        self.echo.as_ref().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{}", self.https.port(), path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gw().admin_addr.unwrap(), path)
+    }
+
+    /// A client trusting the dev CA. `h2`: HTTP/2 only (ALPN h2), else HTTP/1.1 only.
+    pub fn client(&self, h2: bool) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(self.pki.ca.cert_pem.as_bytes()).unwrap();
+        let b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(20));
+        let b = if h2 {
+            b.http2_prior_knowledge()
+        } else {
+            b.http1_only()
+        };
+        b.build().unwrap()
+    }
+
+    /// A token from the issuer with sensible defaults for alice, merged with `claims`.
+    pub fn token(&self, claims: Value) -> String {
+        let mut base = json!({
+            "sub": "alice",
+            "email": "alice@example.com",
+            "groups": ["sg-data-stewards"],
+            "region": "eu-west",
+            "scope": "orders.read orders.write",
+            "amr": ["pwd", "mfa"],
+        });
+        if let (Some(b), Some(c)) = (base.as_object_mut(), claims.as_object()) {
+            for (k, v) in c {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        self.issuer().mint(KeyAlg::RS256, base)
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// GET through the gateway; returns (status, headers, body).
+    pub fn get(&self, path: &str, token: Option<&str>, h2: bool) -> Resp {
+        self.send(reqwest::Method::GET, path, token, &[], None, h2)
+    }
+
+    pub fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+        h2: bool,
+    ) -> Resp {
+        let client = self.client(h2);
+        self.block_on(async {
+            let mut req = client.request(method, self.url(path));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            if let Some(b) = body {
+                req = req.body(b);
+            }
+            let resp = req.send().await.expect("request goes through");
+            let status = resp.status().as_u16();
+            let version = resp.version();
+            let headers = resp.headers().clone();
+            let body = resp.bytes().await.unwrap().to_vec();
+            Resp {
+                status,
+                version,
+                headers,
+                body,
+            }
+        })
+    }
+
+    pub fn metrics(&self) -> String {
+        self.block_on(async {
+            reqwest::get(self.admin_url("/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(gw) = self.gw.take() {
+            gw.stop();
+        }
+        let issuer = self.issuer.take();
+        let echo = self.echo.take();
+        self.rt.block_on(async {
+            if let Some(i) = issuer {
+                i.shutdown().await;
+            }
+            if let Some(e) = echo {
+                e.shutdown().await;
+            }
+        });
+    }
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub version: reqwest::Version,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    }
+
+    /// Values of a header the echo backend received (lower-case name).
+    pub fn echoed(&self, name: &str) -> Vec<String> {
+        let v = self.json();
+        v["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p[0].as_str() == Some(name))
+            .map(|p| p[1].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+pub fn shared<T>(t: T) -> Arc<T> {
+    Arc::new(t)
+}
+
+/// Sends raw bytes over TLS (HTTP/1.1) and returns the raw response text: for requests a
+/// well-behaved client would normalise (dot segments) or refuse to send.
+pub fn raw_request(env: &Env, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in gatehouse::tls::parse_certs(env.pki.ca.cert_pem.as_bytes()).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    env.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(env.https).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
