@@ -3,6 +3,7 @@
 //! See `README.md` for the tour and `docs/ARCHITECTURE.md` for how a request travels.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod config;

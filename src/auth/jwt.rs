@@ -179,16 +179,14 @@ pub fn check_signature(u: &Unverified<'_>, candidates: &[&VerifyKey]) -> Result<
         {
             Ok(true) => return Ok(()),
             Ok(false) => {}
-            Err(e) => match e.kind() {
-                jsonwebtoken::errors::ErrorKind::Base64(_) => {
-                    return Err(err(
-                        DenyReason::MalformedToken,
-                        "signature is not base64url",
-                    ))
-                }
-                // A key the backend cannot use, or a signature of the wrong size: no match.
-                _ => {}
-            },
+            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::Base64(_)) => {
+                return Err(err(
+                    DenyReason::MalformedToken,
+                    "signature is not base64url",
+                ))
+            }
+            // A key the backend cannot use, or a signature of the wrong size: no match.
+            Err(_) => {}
         }
     }
     Err(err(DenyReason::BadSignature, "signature does not verify"))

@@ -66,17 +66,10 @@ pub fn load(path: &Path) -> Result<Runtime, ConfigErrors> {
 /// Validates config text as if read from `path` (relative paths resolve next to it).
 pub fn load_str(path: &Path, src: &str) -> Result<Runtime, ConfigErrors> {
     let mut v = Validator::new(path, src);
-    let raw: RawConfig = match toml::from_str(src) {
+    let raw: RawConfig = match super::raw::parse(src) {
         Ok(r) => r,
         Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            let msg = e.message().trim().to_string();
-            let msg = if msg.starts_with("unknown field") {
-                format!("{msg}; remove or rename the key (unknown keys are errors)")
-            } else {
-                msg
-            };
-            v.err(span, "", msg);
+            v.err(e.span, e.key, e.message);
             return Err(ConfigErrors(v.errors));
         }
     };
@@ -600,11 +593,36 @@ impl<'a> Validator<'a> {
                 }
             }
             _ => {
-                self.err(
-                    s.span(),
-                    format!("issuers.{name}"),
-                    "set exactly one key source: discovery = true, jwks_uri = \"https://...\" or jwks_file = \"path\"",
-                );
+                // Point at the second source written, or at the table when none is.
+                let mut given: Vec<(&str, Range<usize>)> = [
+                    (
+                        "discovery",
+                        r.discovery
+                            .as_ref()
+                            .filter(|d| *d.get_ref())
+                            .map(|d| d.span()),
+                    ),
+                    ("jwks_uri", r.jwks_uri.as_ref().map(|u| u.span())),
+                    ("jwks_file", r.jwks_file.as_ref().map(|f| f.span())),
+                ]
+                .into_iter()
+                .filter_map(|(k, span)| span.map(|s| (k, s)))
+                .collect();
+                given.sort_by_key(|(_, span)| span.start);
+                let sources =
+                    "discovery = true, jwks_uri = \"https://...\" or jwks_file = \"path\"";
+                match given.as_slice() {
+                    [first, second, ..] => self.err(
+                        second.1.clone(),
+                        k(second.0),
+                        format!("conflicts with {}: set exactly one key source ({sources}); remove the other", first.0),
+                    ),
+                    _ => self.err(
+                        s.span(),
+                        format!("issuers.{name}"),
+                        format!("has no key source: set exactly one of {sources}"),
+                    ),
+                }
                 None
             }
         };

@@ -3,6 +3,7 @@
 //! Plain functions over the validated config; the proxy, `explain` and `matrix` all call
 //! the same code.
 
+pub mod matrix;
 pub mod rbac;
 pub mod route;
 pub mod row_filter;

@@ -114,6 +114,16 @@ fn pick(up: &Upstream) -> usize {
     start % n
 }
 
+/// A stable key for an upstream's trust root (pool separation across reloads).
+fn ca_key(ca: &[pingora::utils::tls::WrappedX509]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for c in ca {
+        c.borrow_raw_cert().hash(&mut h);
+    }
+    h.finish()
+}
+
 fn host_of(req: &RequestHeader) -> Option<String> {
     req.headers
         .get(http::header::HOST)
@@ -241,6 +251,10 @@ impl ProxyHttp for Gateway {
         ctx.tries += 1;
         let mut peer = HttpPeer::new_mtls(up.addrs[idx], up.sni.clone(), up.client.clone());
         peer.options.ca = Some(up.ca.clone());
+        // pingora's pool key covers address, SNI and client cert but not the trust root:
+        // without this a reload that changes `ca` would keep reusing connections that
+        // were verified against the old root.
+        peer.group_key = ca_key(&up.ca);
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);

@@ -1,0 +1,140 @@
+//! The decision path without sockets: route match + decision-cache hit + header
+//! injection (what every repeat request costs), and a full cold decision (token
+//! verification + authorization + row-filter rendering).
+//!
+//! `cargo bench --bench decision`
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use gatehouse::auth::Authenticator;
+use gatehouse::devkit::{jwks, DevPki, KeyAlg, SigningKey};
+use gatehouse::gate::{Live, Outcome};
+use gatehouse::policy::{rbac, route};
+use pingora::http::RequestHeader;
+use serde_json::json;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    live: Live,
+    io: tokio::runtime::Runtime,
+    token: String,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    DevPki::generate().unwrap().write_to(&dir.path().join("certs")).unwrap();
+    let key = SigningKey::generate(KeyAlg::ES256).unwrap();
+    std::fs::write(dir.path().join("jwks.json"), jwks(&[&key]).to_string()).unwrap();
+    let cfg = r#"
+[server]
+listen = "127.0.0.1:1"
+cert = "certs/server.crt"
+key = "certs/server.key"
+[issuers.corp]
+issuer = "https://idp.example"
+jwks_file = "jwks.json"
+audiences = ["api://orders"]
+[roles.data-steward]
+groups = ["sg-data-stewards"]
+[roles.admin]
+groups = ["sg-admins"]
+[upstreams.orders]
+addrs = ["127.0.0.1:2"]
+sni = "localhost"
+ca = "certs/ca.crt"
+client_cert = "certs/client.crt"
+client_key = "certs/client.key"
+[[routes]]
+name = "status"
+path_prefix = "/status"
+upstream = "orders"
+auth = "none"
+[[routes]]
+name = "customers"
+path_prefix = "/customers"
+upstream = "orders"
+allow_roles = ["admin"]
+[[routes]]
+name = "orders-read"
+path_prefix = "/orders"
+methods = ["GET", "HEAD"]
+upstream = "orders"
+allow_roles = ["data-steward", "admin"]
+require_scopes = ["orders.read"]
+[[routes.row_filters]]
+header = "X-Row-Filter"
+value = "region={claims.region};tenant={claims.tenant}"
+except_roles = ["admin"]
+"#;
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let rt = Arc::new(gatehouse::config::load(&path).unwrap());
+    let io = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let auth = Arc::new(Authenticator::new(rt.issuers.clone(), io.handle().clone(), None));
+    auth.start();
+    assert!(io.block_on(auth.wait_ready(Duration::from_secs(5))));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let token = key.sign(&json!({
+        "iss": "https://idp.example", "aud": "api://orders", "sub": "alice",
+        "exp": now + 3600, "iat": now, "groups": ["sg-data-stewards", "sg-other"],
+        "scope": "orders.read", "region": "eu-west", "tenant": "acme corp",
+        "email": "alice@example.com",
+    }));
+    Fixture { _dir: dir, live: Live::new(rt, auth, 1), io, token }
+}
+
+fn bench(c: &mut Criterion) {
+    let f = fixture();
+    let authz = format!("Bearer {}", f.token);
+    let route = route::find(&f.live.rt.routes, Some("api.example.com"), "/orders/42", "GET").unwrap().clone();
+    // Warm the cache once.
+    assert!(matches!(f.io.block_on(f.live.decide(&route, Some(authz.as_bytes()))), Outcome::Allow(_)));
+
+    let mut g = c.benchmark_group("decision");
+    // The request header exists before the gateway sees it: build it outside the timing.
+    let new_req = || RequestHeader::build("GET", b"/orders/42", Some(16)).unwrap();
+    g.bench_function("cached: route match + cache hit + inject headers", |b| {
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        b.iter_batched_ref(
+            new_req,
+            |req| {
+                let r = route::find(&f.live.rt.routes, Some("api.example.com"), "/orders/42", "GET").unwrap();
+                let mut fut = std::pin::pin!(f.live.decide(r, Some(authz.as_bytes())));
+                // A cache hit completes without awaiting anything.
+                let std::task::Poll::Ready(Outcome::Allow(g)) = fut.as_mut().poll(&mut cx) else {
+                    panic!("expected a synchronous cache hit")
+                };
+                for (n, v) in &g.headers {
+                    req.insert_header(n.clone(), v.clone()).unwrap();
+                }
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("part: cache key (sha256 of token)", |b| {
+        b.iter(|| gatehouse::cache::DecisionCache::key(route.index, &f.token))
+    });
+    let key = gatehouse::cache::DecisionCache::key(route.index, &f.token);
+    g.bench_function("part: cache get", |b| b.iter(|| f.live.cache.get(&key)));
+    g.bench_function("part: route find", |b| {
+        b.iter(|| route::find(&f.live.rt.routes, Some("api.example.com"), "/orders/42", "GET").is_some())
+    });
+    g.bench_function("cold: verify ES256 + authorize + render", |b| {
+        b.iter(|| {
+            let id = f.io.block_on(f.live.auth.verify(&f.token, None)).unwrap();
+            rbac::decide(&route, &id, &f.live.rt.roles).unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);

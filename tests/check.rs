@@ -1,0 +1,1082 @@
+//! `gatehouse check` and `config::load` against SPEC section 2: a valid base config, then
+//! one defect at a time. Every rejection must name the file, the line and column of the
+//! offending key, the SPEC-style key path (`routes[2].upstream`) and what to do about it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+use gatehouse::config::{self, ConfigError, Runtime};
+use gatehouse::devkit::{jwks, DevPki, KeyAlg, SigningKey};
+
+/// A valid config; paths are relative to `conf/` (the config file's folder).
+const BASE: &str = r#"# gatehouse test config
+[server]
+listen = "127.0.0.1:8443"
+redirect_http = "127.0.0.1:8080"
+cert = "../certs/server.crt"
+key = "../certs/server.key"
+tls_min_version = "1.2"
+hsts_max_age_s = 31536000
+threads = 2
+drain_timeout_s = 20
+
+[admin]
+listen = "127.0.0.1:9900"
+
+[audit]
+path = "-"
+retention_days = 90
+pseudonym_key = { file = "pseudonym.key" }
+
+[cache]
+max_entries = 1000
+ttl_s = 300
+
+[issuers.corp]
+issuer = "https://login.example.com/tenant"
+jwks_file = "keys/corp.jwks.json"
+audiences = ["api://orders"]
+algorithms = ["ES256", "RS256"]
+leeway_s = 30
+
+[roles.data-steward]
+groups = ["sg-data-stewards"]
+[roles.integration]
+clients = ["billing-sync"]
+[roles.admin]
+groups = ["sg-mdm-admins"]
+
+[upstreams.orders]
+addrs = ["127.0.0.1:9443"]
+sni = "localhost"
+ca = "../certs/ca.crt"
+client_cert = "../certs/client.crt"
+client_key = "../certs/client.key"
+connect_timeout_ms = 2000
+
+[upstreams.billing]
+addrs = ["127.0.0.1:9444"]
+sni = "backend"
+ca = "../certs/ca.crt"
+client_cert = "../certs/client.crt"
+client_key = "../certs/client.key"
+
+[[routes]]
+name = "status"
+path_prefix = "/public"
+upstream = "orders"
+auth = "none"
+
+[[routes]]
+name = "orders-read"
+path_prefix = "/orders"
+methods = ["GET", "HEAD"]
+upstream = "orders"
+issuers = ["corp"]
+allow_roles = ["data-steward", "integration"]
+require_scopes = ["orders.read"]
+
+[[routes.row_filters]]
+header = "X-Row-Filter"
+value = "region={claims.region}"
+except_roles = ["admin"]
+
+[[routes]]
+name = "billing"
+path_prefix = "/billing"
+methods = ["GET", "POST"]
+upstream = "billing"
+allow_roles = ["admin", "integration"]
+require_mfa = true
+
+[[routes.row_filters]]
+header = "X-Tenant"
+value = "tenant={claims.org.tenant};by={sub}"
+"#;
+
+/// A temp folder holding `certs/` (the dev PKI plus a few deliberately broken files) and
+/// `conf/` (the JWKS, the pseudonym key file and the config).
+struct Fixture {
+    dir: tempfile::TempDir,
+    pki: DevPki,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = DevPki::generate().expect("dev PKI");
+        let certs = dir.path().join("certs");
+        pki.write_to(&certs).expect("write PKI");
+        std::fs::write(certs.join("not-pem.crt"), "this is not a certificate\n").unwrap();
+        std::fs::write(certs.join("not-pem.key"), "this is not a key\n").unwrap();
+        let conf = dir.path().join("conf");
+        std::fs::create_dir_all(conf.join("keys")).unwrap();
+        let key = SigningKey::generate(KeyAlg::ES256).expect("signing key");
+        std::fs::write(
+            conf.join("keys/corp.jwks.json"),
+            serde_json::to_vec_pretty(&jwks(&[&key])).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            conf.join("pseudonym.key"),
+            "0123456789abcdef0123456789abcdef\n",
+        )
+        .unwrap();
+        Fixture { dir, pki }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `text` as `conf/gatehouse.toml` and returns its path.
+    fn write(&self, text: &str) -> PathBuf {
+        let p = self.root().join("conf/gatehouse.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Writes and loads `text`, expecting it to be rejected.
+    fn errors(&self, text: &str) -> (PathBuf, Vec<ConfigError>) {
+        let p = self.write(text);
+        match config::load(&p) {
+            Ok(_) => panic!("config was accepted, expected an error:\n{text}"),
+            Err(e) => (p, e.0),
+        }
+    }
+
+    fn load_ok(&self, text: &str) -> Runtime {
+        let p = self.write(text);
+        match config::load(&p) {
+            Ok(rt) => rt,
+            Err(e) => panic!("config rejected:\n{e}\n---\n{text}"),
+        }
+    }
+}
+
+/// `text` with `from` (which must occur exactly once) replaced by `to`.
+fn edit(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "{from:?} must occur exactly once in the config"
+    );
+    text.replacen(from, to, 1)
+}
+
+/// 1-based line and column (in characters) of the only occurrence of `needle`.
+fn position(text: &str, needle: &str) -> (usize, usize) {
+    assert_eq!(
+        text.matches(needle).count(),
+        1,
+        "{needle:?} must occur exactly once in:\n{text}"
+    );
+    let off = text.find(needle).unwrap();
+    let before = &text[..off];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    (line, text[line_start..off].chars().count() + 1)
+}
+
+/// One defect: the edits that make it, the key path and position of the error, and
+/// words the message must contain (what is wrong and what to do).
+struct Defect<'a> {
+    edits: &'a [(&'a str, &'a str)],
+    key: &'a str,
+    /// Unique text in the edited config where the error must point.
+    at: &'a str,
+    says: &'a [&'a str],
+}
+
+/// Applies the defect to BASE, loads it and checks the single error it must cause.
+fn assert_defect(d: &Defect<'_>) {
+    let fx = Fixture::new();
+    let mut text = BASE.to_string();
+    for (from, to) in d.edits {
+        text = edit(&text, from, to);
+    }
+    let (path, errors) = fx.errors(&text);
+    let listing: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    let e = errors
+        .iter()
+        .find(|e| e.key == d.key)
+        .unwrap_or_else(|| panic!("no error for key {:?}; got:\n{}", d.key, listing.join("\n")));
+    assert_eq!(
+        errors.len(),
+        1,
+        "one defect, one error; got:\n{}",
+        listing.join("\n")
+    );
+    let (line, col) = position(&text, d.at);
+    assert_eq!(
+        (e.line, e.col),
+        (line, col),
+        "{e} should point at {:?} ({line}:{col})",
+        d.at
+    );
+    assert_eq!(e.file, path);
+    for word in d.says {
+        assert!(
+            e.message.contains(word),
+            "message of {e} should mention {word:?}"
+        );
+    }
+    // The Display form operators see: FILE:LINE:COL: KEY: MESSAGE.
+    assert_eq!(
+        e.to_string(),
+        format!("{}:{line}:{col}: {}: {}", path.display(), d.key, e.message)
+    );
+}
+
+fn gatehouse(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run gatehouse")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------
+// The valid base config.
+
+#[test]
+fn base_config_is_valid() {
+    let fx = Fixture::new();
+    let rt = fx.load_ok(BASE);
+    assert_eq!(rt.routes.len(), 3);
+    assert_eq!(rt.issuers.len(), 1);
+    assert_eq!(
+        rt.upstreams.keys().collect::<Vec<_>>(),
+        ["orders", "billing"]
+    );
+    assert_eq!(rt.server.listen.to_string(), "127.0.0.1:8443");
+    assert_eq!(
+        rt.audit.pseudonym_key.as_deref(),
+        Some(&b"0123456789abcdef0123456789abcdef"[..])
+    );
+    assert!(rt.warnings.is_empty(), "warnings: {:?}", rt.warnings);
+}
+
+#[test]
+fn owned_headers_are_identity_plus_every_row_filter_header() {
+    let fx = Fixture::new();
+    let rt = fx.load_ok(BASE);
+    let owned: Vec<&str> = rt.owned_headers.iter().map(|h| h.as_str()).collect();
+    for h in config::IDENTITY_HEADERS {
+        assert!(owned.contains(&h), "{h} missing from {owned:?}");
+    }
+    for h in [
+        "x-auth-subject",
+        "x-auth-client-id",
+        "x-auth-roles",
+        "x-auth-issuer",
+        "x-row-filter",
+        "x-tenant",
+    ] {
+        assert!(owned.contains(&h), "{h} missing from {owned:?}");
+    }
+    assert_eq!(owned.len(), 6, "{owned:?}");
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_folder() {
+    let fx = Fixture::new();
+    let path = fx.write(BASE);
+    let rt = config::load(&path).expect("valid");
+    let conf = fx.root().join("conf");
+    assert_eq!(rt.server.cert_path, conf.join("../certs/server.crt"));
+    assert_eq!(rt.server.key_path, conf.join("../certs/server.key"));
+
+    // From another working directory, with a relative -c and with an absolute one.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = gatehouse(&["check", "-c", "conf/gatehouse.toml"], fx.root());
+    assert!(out.status.success(), "stderr:\n{}", text(&out.stderr));
+    let out = gatehouse(&["check", "-c", path.to_str().unwrap()], elsewhere.path());
+    assert!(out.status.success(), "stderr:\n{}", text(&out.stderr));
+    // Not resolved against the working directory: a cert next to the cwd is not used.
+    let moved = edit(
+        BASE,
+        "cert = \"../certs/server.crt\"",
+        "cert = \"server.crt\"",
+    );
+    let moved_path = fx.write(&moved);
+    std::fs::copy(
+        fx.root().join("certs/server.crt"),
+        elsewhere.path().join("server.crt"),
+    )
+    .unwrap();
+    let out = gatehouse(
+        &["check", "-c", moved_path.to_str().unwrap()],
+        elsewhere.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "stdout:\n{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("server.cert"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The binary.
+
+#[test]
+fn check_binary_good_config_prints_summary_and_exits_0() {
+    let fx = Fixture::new();
+    let path = fx.write(BASE);
+    let out = gatehouse(&["check", "-c", path.to_str().unwrap()], fx.root());
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        text(&out.stderr)
+    );
+    for want in [
+        "127.0.0.1:8443", // listener
+        "127.0.0.1:8080", // redirect listener
+        "127.0.0.1:9900", // admin listener
+        "corp",           // issuer
+        "https://login.example.com/tenant",
+        "orders",         // upstream
+        "billing",        // upstream
+        "127.0.0.1:9443", // upstream address
+        "status",         // routes
+        "orders-read",
+        "/billing",
+    ] {
+        assert!(stdout.contains(want), "summary lacks {want:?}:\n{stdout}");
+    }
+    assert!(!stdout.contains("warning"), "{stdout}");
+}
+
+#[test]
+fn check_binary_bad_config_prints_file_line_col_key_message_and_exits_1() {
+    let fx = Fixture::new();
+    let bad = edit(BASE, "upstream = \"billing\"", "upstream = \"ordrs\"");
+    let path = fx.write(&bad);
+    let out = gatehouse(&["check", "-c", path.to_str().unwrap()], fx.root());
+    assert_eq!(out.status.code(), Some(1));
+    let (line, col) = position(&bad, "\"ordrs\"");
+    let stderr = text(&out.stderr);
+    let want = format!(
+        "{}:{line}:{col}: routes[2].upstream: unknown upstream \"ordrs\" (known: orders, billing)",
+        path.display()
+    );
+    assert!(stderr.contains(&want), "want {want:?} in:\n{stderr}");
+    assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
+}
+
+#[test]
+fn check_binary_reports_every_error_in_one_run() {
+    let fx = Fixture::new();
+    let mut bad = edit(BASE, "listen = \"127.0.0.1:8443\"", "listen = \"local\"");
+    bad = edit(&bad, "upstream = \"billing\"", "upstream = \"ordrs\"");
+    bad = edit(
+        &bad,
+        "algorithms = [\"ES256\", \"RS256\"]",
+        "algorithms = [\"HS256\"]",
+    );
+    let path = fx.write(&bad);
+    let out = gatehouse(&["check", "-c", path.to_str().unwrap()], fx.root());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    for (key, needle) in [
+        ("server.listen", "\"local\""),
+        ("routes[2].upstream", "\"ordrs\""),
+        ("issuers.corp.algorithms", "\"HS256\""),
+    ] {
+        let (line, col) = position(&bad, needle);
+        let want = format!("{}:{line}:{col}: {key}: ", path.display());
+        assert!(stderr.contains(&want), "want {want:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("3 error(s)"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Warnings: exit code stays 0.
+
+#[test]
+fn missing_pseudonym_key_is_a_warning() {
+    let fx = Fixture::new();
+    let cfg = edit(BASE, "pseudonym_key = { file = \"pseudonym.key\" }\n", "");
+    let rt = fx.load_ok(&cfg);
+    assert!(rt.audit.pseudonym_key.is_none());
+    assert!(
+        rt.warnings
+            .iter()
+            .any(|w| w.contains("audit.pseudonym_key")),
+        "{:?}",
+        rt.warnings
+    );
+    let path = fx.write(&cfg);
+    let out = gatehouse(&["check", "-c", path.to_str().unwrap()], fx.root());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("warning") && stdout.contains("pseudonym_key"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn certificate_expiring_within_30_days_is_a_warning() {
+    let fx = Fixture::new();
+    let now = SystemTime::now();
+    let soon = fx
+        .pki
+        .issue_with_validity(
+            "localhost",
+            &["localhost", "127.0.0.1"],
+            false,
+            now - Duration::from_secs(86400),
+            now + Duration::from_secs(10 * 86400),
+        )
+        .unwrap();
+    let certs = fx.root().join("certs");
+    std::fs::write(certs.join("soon.crt"), &soon.cert_pem).unwrap();
+    std::fs::write(certs.join("soon.key"), &soon.key_pem).unwrap();
+    let mut cfg = edit(
+        BASE,
+        "cert = \"../certs/server.crt\"",
+        "cert = \"../certs/soon.crt\"",
+    );
+    cfg = edit(
+        &cfg,
+        "key = \"../certs/server.key\"",
+        "key = \"../certs/soon.key\"",
+    );
+    let rt = fx.load_ok(&cfg);
+    let path = fx.root().join("conf/gatehouse.toml");
+    let (line, col) = position(&cfg, "\"../certs/soon.crt\"");
+    let prefix = format!("{}:{line}:{col}: server.cert: ", path.display());
+    let w = rt
+        .warnings
+        .iter()
+        .find(|w| w.contains("soon.crt"))
+        .unwrap_or_else(|| panic!("no expiry warning in {:?}", rt.warnings));
+    assert!(w.starts_with(&prefix), "{w:?} should start with {prefix:?}");
+    assert!(w.contains("30 days"), "{w}");
+    assert_eq!(rt.warnings.len(), 1, "{:?}", rt.warnings);
+    assert!(rt.certificates.iter().any(|c| c.path.ends_with("soon.crt")));
+
+    let out = gatehouse(&["check", "-c", path.to_str().unwrap()], fx.root());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("warning") && stdout.contains("soon.crt"),
+        "{stdout}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// One defect at a time.
+
+#[test]
+fn unknown_top_level_key() {
+    assert_defect(&Defect {
+        edits: &[(
+            "# gatehouse test config\n",
+            "# gatehouse test config\nlisten = \"0.0.0.0:443\"\n",
+        )],
+        key: "listen",
+        at: "listen = \"0.0.0.0:443\"",
+        says: &["unknown", "`listen`", "rename or remove"],
+    });
+}
+
+#[test]
+fn unknown_top_level_table() {
+    assert_defect(&Defect {
+        edits: &[("[cache]\n", "[caches]\n")],
+        key: "caches",
+        at: "caches]",
+        says: &["unknown", "`caches`", "rename or remove"],
+    });
+}
+
+#[test]
+fn unknown_key_in_server() {
+    assert_defect(&Defect {
+        edits: &[("drain_timeout_s = 20\n", "drain_timeout = 20\n")],
+        key: "server.drain_timeout",
+        at: "drain_timeout = 20",
+        says: &[
+            "unknown",
+            "`drain_timeout`",
+            "drain_timeout_s",
+            "rename or remove",
+        ],
+    });
+}
+
+#[test]
+fn unknown_key_in_route() {
+    assert_defect(&Defect {
+        edits: &[(
+            "require_mfa = true\n",
+            "require_mfa = true\nallow_groups = [\"x\"]\n",
+        )],
+        key: "routes[2].allow_groups",
+        at: "allow_groups",
+        says: &[
+            "unknown",
+            "`allow_groups`",
+            "allow_roles",
+            "rename or remove",
+        ],
+    });
+}
+
+#[test]
+fn unknown_key_in_row_filter() {
+    assert_defect(&Defect {
+        edits: &[(
+            "except_roles = [\"admin\"]\n",
+            "except_roles = [\"admin\"]\nexcept = [\"admin\"]\n",
+        )],
+        key: "routes[1].row_filters[0].except",
+        at: "except = ",
+        says: &["unknown", "`except`", "rename or remove"],
+    });
+}
+
+#[test]
+fn unknown_upstream() {
+    assert_defect(&Defect {
+        edits: &[("upstream = \"billing\"", "upstream = \"ordrs\"")],
+        key: "routes[2].upstream",
+        at: "\"ordrs\"",
+        says: &["unknown upstream \"ordrs\" (known: orders, billing)"],
+    });
+}
+
+#[test]
+fn unknown_issuer() {
+    assert_defect(&Defect {
+        edits: &[("issuers = [\"corp\"]", "issuers = [\"crop\"]")],
+        key: "routes[1].issuers",
+        at: "\"crop\"",
+        says: &["unknown issuer \"crop\"", "known: corp"],
+    });
+}
+
+#[test]
+fn unknown_role_in_allow_roles() {
+    assert_defect(&Defect {
+        edits: &[(
+            "allow_roles = [\"admin\", \"integration\"]",
+            "allow_roles = [\"admin\", \"integrator\"]",
+        )],
+        key: "routes[2].allow_roles",
+        at: "\"integrator\"",
+        says: &[
+            "unknown role \"integrator\"",
+            "data-steward, integration, admin",
+            "[roles.integrator]",
+        ],
+    });
+}
+
+#[test]
+fn unknown_role_in_except_roles() {
+    assert_defect(&Defect {
+        edits: &[("except_roles = [\"admin\"]", "except_roles = [\"admins\"]")],
+        key: "routes[1].row_filters[0].except_roles",
+        at: "\"admins\"",
+        says: &[
+            "unknown role \"admins\"",
+            "data-steward, integration, admin",
+        ],
+    });
+}
+
+#[test]
+fn duplicate_route_name() {
+    assert_defect(&Defect {
+        edits: &[("name = \"billing\"", "name = \"orders-read\"\n# dup")],
+        key: "routes[2].name",
+        at: "\"orders-read\"\n# dup",
+        says: &[
+            "duplicate route name \"orders-read\"",
+            "routes[1]",
+            "unique",
+        ],
+    });
+}
+
+/// A fourth route appended after the base ones (it becomes `routes[3]`).
+const LAST_LINE: &str = "value = \"tenant={claims.org.tenant};by={sub}\"\n";
+
+#[test]
+fn route_shadowed_by_same_prefix_and_methods() {
+    assert_defect(&Defect {
+        edits: &[(
+            LAST_LINE,
+            "value = \"tenant={claims.org.tenant};by={sub}\"\n\n[[routes]]\nname = \"billing-get\"\npath_prefix = \"/billing\"\nmethods = [\"GET\"]\nupstream = \"billing\"\n",
+        )],
+        key: "routes[3]",
+        at: "[[routes]]\nname = \"billing-get\"",
+        says: &["never reached", "routes[2]", "\"billing\"", "move it above"],
+    });
+}
+
+#[test]
+fn route_shadowed_by_earlier_prefix_with_covering_methods() {
+    assert_defect(&Defect {
+        edits: &[(
+            LAST_LINE,
+            "value = \"tenant={claims.org.tenant};by={sub}\"\n\n[[routes]]\nname = \"order-items\"\npath_prefix = \"/orders/items\"\nmethods = [\"HEAD\"]\nupstream = \"orders\"\nallow_roles = [\"admin\"]\n",
+        )],
+        key: "routes[3]",
+        at: "[[routes]]\nname = \"order-items\"",
+        says: &["never reached", "routes[1]", "\"orders-read\"", "narrow it"],
+    });
+}
+
+#[test]
+fn narrower_route_after_broader_one_with_other_methods_is_fine() {
+    let fx = Fixture::new();
+    let cfg = edit(
+        BASE,
+        LAST_LINE,
+        "value = \"tenant={claims.org.tenant};by={sub}\"\n\n[[routes]]\nname = \"order-items\"\npath_prefix = \"/orders/items\"\nmethods = [\"GET\", \"POST\"]\nupstream = \"orders\"\n\n[[routes]]\nname = \"ordersx\"\npath_prefix = \"/ordersx\"\nupstream = \"orders\"\n",
+    );
+    let rt = fx.load_ok(&cfg);
+    assert_eq!(rt.routes.len(), 5);
+}
+
+fn placeholder_defect(value: &str, says: &[&str]) {
+    let at = value.split_once("= ").unwrap().1;
+    assert_defect(&Defect {
+        edits: &[("value = \"region={claims.region}\"", value)],
+        key: "routes[1].row_filters[0].value",
+        at,
+        says,
+    });
+}
+
+#[test]
+fn placeholder_claim_singular() {
+    placeholder_defect(
+        "value = \"region={claim.region}\"",
+        &[
+            "unknown placeholder {claim.region}",
+            "{claims.PATH}",
+            "{sub}",
+        ],
+    );
+}
+
+#[test]
+fn placeholder_user() {
+    placeholder_defect(
+        "value = \"u={user}\"",
+        &[
+            "unknown placeholder {user}",
+            "{claims.PATH}, {sub}, {client_id}, {roles}, {issuer}",
+        ],
+    );
+}
+
+#[test]
+fn placeholder_unclosed() {
+    placeholder_defect(
+        "value = \"region={claims.region\"",
+        &["unclosed '{'", "{claims.PATH}"],
+    );
+}
+
+#[test]
+fn placeholder_empty_claim_path() {
+    placeholder_defect(
+        "value = \"r={claims.}\"",
+        &["unknown placeholder", "{claims.PATH}"],
+    );
+}
+
+fn header_defect(header: &str) {
+    let line = format!("header = \"{header}\"");
+    let at = format!("\"{header}\"");
+    assert_defect(&Defect {
+        edits: &[("header = \"X-Row-Filter\"", &line)],
+        key: "routes[1].row_filters[0].header",
+        at: &at,
+        says: &[header, "pick another name"],
+    });
+}
+
+#[test]
+fn row_filter_header_hop_by_hop_connection() {
+    header_defect("Connection");
+}
+
+#[test]
+fn row_filter_header_hop_by_hop_transfer_encoding() {
+    header_defect("Transfer-Encoding");
+}
+
+#[test]
+fn row_filter_header_identity() {
+    header_defect("X-Auth-Roles");
+}
+
+#[test]
+fn row_filter_header_x_forwarded_for() {
+    header_defect("X-Forwarded-For");
+}
+
+#[test]
+fn row_filter_header_twice_on_a_route() {
+    assert_defect(&Defect {
+        edits: &[(
+            LAST_LINE,
+            "value = \"tenant={claims.org.tenant};by={sub}\"\n\n[[routes.row_filters]]\nheader = \"x-tenant\"\nvalue = \"{sub}\"\n",
+        )],
+        key: "routes[2].row_filters[1].header",
+        at: "\"x-tenant\"",
+        says: &["twice"],
+    });
+}
+
+#[test]
+fn cert_file_unreadable() {
+    assert_defect(&Defect {
+        edits: &[(
+            "cert = \"../certs/server.crt\"",
+            "cert = \"../certs/missing.crt\"",
+        )],
+        key: "server.cert",
+        at: "\"../certs/missing.crt\"",
+        says: &["cannot read", "missing.crt", "PEM certificate"],
+    });
+}
+
+#[test]
+fn key_file_unreadable() {
+    assert_defect(&Defect {
+        edits: &[(
+            "key = \"../certs/server.key\"",
+            "key = \"../certs/missing.key\"",
+        )],
+        key: "server.key",
+        at: "\"../certs/missing.key\"",
+        says: &["cannot read", "missing.key", "private key"],
+    });
+}
+
+#[test]
+fn key_does_not_match_cert() {
+    assert_defect(&Defect {
+        edits: &[(
+            "key = \"../certs/server.key\"",
+            "key = \"../certs/backend.key\"",
+        )],
+        key: "server.key",
+        at: "\"../certs/backend.key\"",
+        says: &[
+            "does not match",
+            "use the key that was issued with this certificate",
+        ],
+    });
+}
+
+#[test]
+fn upstream_client_key_does_not_match_cert() {
+    assert_defect(&Defect {
+        edits: &[(
+            "client_key = \"../certs/client.key\"\nconnect_timeout_ms",
+            "client_key = \"../certs/server.key\"\nconnect_timeout_ms",
+        )],
+        key: "upstreams.orders.client_key",
+        at: "\"../certs/server.key\"\nconnect",
+        says: &["does not match", "use the key that was issued"],
+    });
+}
+
+#[test]
+fn cert_not_pem() {
+    assert_defect(&Defect {
+        edits: &[(
+            "cert = \"../certs/server.crt\"",
+            "cert = \"../certs/not-pem.crt\"",
+        )],
+        key: "server.cert",
+        at: "\"../certs/not-pem.crt\"",
+        says: &["not-pem.crt", "PEM"],
+    });
+}
+
+#[test]
+fn key_not_pem() {
+    assert_defect(&Defect {
+        edits: &[(
+            "key = \"../certs/server.key\"",
+            "key = \"../certs/not-pem.key\"",
+        )],
+        key: "server.key",
+        at: "\"../certs/not-pem.key\"",
+        says: &["not-pem.key", "PEM"],
+    });
+}
+
+#[test]
+fn upstream_ca_not_pem() {
+    assert_defect(&Defect {
+        edits: &[(
+            "sni = \"localhost\"\nca = \"../certs/ca.crt\"",
+            "sni = \"localhost\"\nca = \"../certs/not-pem.crt\"",
+        )],
+        key: "upstreams.orders.ca",
+        at: "\"../certs/not-pem.crt\"",
+        says: &["not-pem.crt", "PEM CA certificate"],
+    });
+}
+
+const PSEUDONYM: &str = "pseudonym_key = { file = \"pseudonym.key\" }";
+
+#[test]
+fn inline_secret() {
+    assert_defect(&Defect {
+        edits: &[(PSEUDONYM, "pseudonym_key = \"abc\"")],
+        key: "audit.pseudonym_key",
+        at: "\"abc\"",
+        says: &["inline", "{ env = \"NAME\" }", "{ file = \"path\" }"],
+    });
+}
+
+#[test]
+fn env_secret_unset() {
+    assert_defect(&Defect {
+        edits: &[(
+            PSEUDONYM,
+            "pseudonym_key = { env = \"GATEHOUSE_CHECK_TEST_SURELY_UNSET\" }",
+        )],
+        key: "audit.pseudonym_key",
+        at: "{ env",
+        says: &["GATEHOUSE_CHECK_TEST_SURELY_UNSET", "not set", "export"],
+    });
+}
+
+#[test]
+fn secret_with_env_and_file() {
+    assert_defect(&Defect {
+        edits: &[(
+            PSEUDONYM,
+            "pseudonym_key = { env = \"HOME\", file = \"pseudonym.key\" }",
+        )],
+        key: "audit.pseudonym_key",
+        at: "{ env",
+        says: &["exactly one of"],
+    });
+}
+
+#[test]
+fn secret_file_unreadable() {
+    assert_defect(&Defect {
+        edits: &[(PSEUDONYM, "pseudonym_key = { file = \"nope.key\" }")],
+        key: "audit.pseudonym_key",
+        at: "{ file",
+        says: &["cannot read", "nope.key"],
+    });
+}
+
+const JWKS_FILE: &str = "jwks_file = \"keys/corp.jwks.json\"\n";
+
+#[test]
+fn issuer_without_key_source() {
+    assert_defect(&Defect {
+        edits: &[(JWKS_FILE, "")],
+        key: "issuers.corp",
+        at: "[issuers.corp]",
+        says: &[
+            "no key source",
+            "exactly one",
+            "discovery = true",
+            "jwks_uri",
+            "jwks_file",
+        ],
+    });
+}
+
+#[test]
+fn issuer_with_jwks_file_and_jwks_uri() {
+    assert_defect(&Defect {
+        edits: &[(
+            JWKS_FILE,
+            "jwks_file = \"keys/corp.jwks.json\"\njwks_uri = \"https://login.example.com/keys\"\n",
+        )],
+        key: "issuers.corp.jwks_uri",
+        at: "\"https://login.example.com/keys\"",
+        says: &[
+            "conflicts with jwks_file",
+            "exactly one",
+            "discovery = true",
+        ],
+    });
+}
+
+#[test]
+fn issuer_with_discovery_and_jwks_file() {
+    assert_defect(&Defect {
+        edits: &[(
+            JWKS_FILE,
+            "discovery = true\njwks_file = \"keys/corp.jwks.json\"\n",
+        )],
+        key: "issuers.corp.jwks_file",
+        at: "\"keys/corp.jwks.json\"",
+        says: &[
+            "conflicts with discovery",
+            "exactly one",
+            "remove the other",
+        ],
+    });
+}
+
+#[test]
+fn issuer_with_discovery_false_and_jwks_file_is_fine() {
+    let fx = Fixture::new();
+    fx.load_ok(&edit(
+        BASE,
+        JWKS_FILE,
+        "discovery = false\njwks_file = \"keys/corp.jwks.json\"\n",
+    ));
+}
+
+#[test]
+fn issuer_jwks_file_missing() {
+    assert_defect(&Defect {
+        edits: &[(JWKS_FILE, "jwks_file = \"keys/gone.json\"\n")],
+        key: "issuers.corp.jwks_file",
+        at: "\"keys/gone.json\"",
+        says: &["cannot read", "gone.json"],
+    });
+}
+
+#[test]
+fn issuer_jwks_uri_plain_http() {
+    assert_defect(&Defect {
+        edits: &[(JWKS_FILE, "jwks_uri = \"http://login.example.com/keys\"\n")],
+        key: "issuers.corp.jwks_uri",
+        at: "\"http://login.example.com/keys\"",
+        says: &["https://"],
+    });
+}
+
+#[test]
+fn issuer_algorithm_hs256() {
+    assert_defect(&Defect {
+        edits: &[(
+            "algorithms = [\"ES256\", \"RS256\"]",
+            "algorithms = [\"ES256\", \"HS256\"]",
+        )],
+        key: "issuers.corp.algorithms",
+        at: "\"HS256\"",
+        says: &["\"HS256\" is not allowed", "asymmetric"],
+    });
+}
+
+#[test]
+fn issuer_algorithm_none() {
+    assert_defect(&Defect {
+        edits: &[(
+            "algorithms = [\"ES256\", \"RS256\"]",
+            "algorithms = [\"none\"]",
+        )],
+        key: "issuers.corp.algorithms",
+        at: "\"none\"]",
+        says: &["\"none\" is not allowed", "asymmetric"],
+    });
+}
+
+#[test]
+fn issuer_empty_audiences() {
+    assert_defect(&Defect {
+        edits: &[("audiences = [\"api://orders\"]", "audiences = []")],
+        key: "issuers.corp.audiences",
+        at: "[]",
+        says: &["at least one audience"],
+    });
+}
+
+#[test]
+fn issuer_not_https() {
+    assert_defect(&Defect {
+        edits: &[(
+            "issuer = \"https://login.example.com/tenant\"",
+            "issuer = \"login.example.com/tenant\"",
+        )],
+        key: "issuers.corp.issuer",
+        at: "\"login.example.com/tenant\"",
+        says: &["https://"],
+    });
+}
+
+#[test]
+fn bad_listen_address() {
+    assert_defect(&Defect {
+        edits: &[(
+            "listen = \"127.0.0.1:8443\"",
+            "listen = \"localhost:8443x\"",
+        )],
+        key: "server.listen",
+        at: "\"localhost:8443x\"",
+        says: &["not an IP:port", "0.0.0.0:8443"],
+    });
+}
+
+#[test]
+fn bad_admin_listen_address() {
+    assert_defect(&Defect {
+        edits: &[("listen = \"127.0.0.1:9900\"", "listen = \"127.0.0.1\"")],
+        key: "admin.listen",
+        at: "\"127.0.0.1\"",
+        says: &["not an IP:port"],
+    });
+}
+
+#[test]
+fn bad_tls_min_version() {
+    assert_defect(&Defect {
+        edits: &[("tls_min_version = \"1.2\"", "tls_min_version = \"1.1\"")],
+        key: "server.tls_min_version",
+        at: "\"1.1\"",
+        says: &["\"1.1\"", "use \"1.2\" or \"1.3\""],
+    });
+}
+
+#[test]
+fn bad_auth_mode() {
+    assert_defect(&Defect {
+        edits: &[("auth = \"none\"", "auth = \"maybe\"")],
+        key: "routes[0].auth",
+        at: "\"maybe\"",
+        says: &["\"maybe\"", "use \"required\" or \"none\""],
+    });
+}
+
+#[test]
+fn wrong_value_type_names_the_key() {
+    assert_defect(&Defect {
+        edits: &[("threads = 2", "threads = \"two\"")],
+        key: "server.threads",
+        at: "\"two\"",
+        says: &["invalid type"],
+    });
+}
+
+#[test]
+fn missing_required_key_names_the_key() {
+    assert_defect(&Defect {
+        edits: &[("upstream = \"billing\"\n", "")],
+        key: "routes[2].upstream",
+        at: "[[routes]]\nname = \"billing\"",
+        says: &["missing", "upstream"],
+    });
+}
