@@ -25,7 +25,10 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    DevPki::generate().unwrap().write_to(&dir.path().join("certs")).unwrap();
+    DevPki::generate()
+        .unwrap()
+        .write_to(&dir.path().join("certs"))
+        .unwrap();
     let key = SigningKey::generate(KeyAlg::ES256).unwrap();
     std::fs::write(dir.path().join("jwks.json"), jwks(&[&key]).to_string()).unwrap();
     let cfg = r#"
@@ -72,26 +75,52 @@ except_roles = ["admin"]
     let path = dir.path().join("gatehouse.toml");
     std::fs::write(&path, cfg).unwrap();
     let rt = Arc::new(gatehouse::config::load(&path).unwrap());
-    let io = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let auth = Arc::new(Authenticator::new(rt.issuers.clone(), io.handle().clone(), None));
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let auth = Arc::new(Authenticator::new(
+        rt.issuers.clone(),
+        io.handle().clone(),
+        None,
+    ));
     auth.start();
     assert!(io.block_on(auth.wait_ready(Duration::from_secs(5))));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let token = key.sign(&json!({
         "iss": "https://idp.example", "aud": "api://orders", "sub": "alice",
         "exp": now + 3600, "iat": now, "groups": ["sg-data-stewards", "sg-other"],
         "scope": "orders.read", "region": "eu-west", "tenant": "acme corp",
         "email": "alice@example.com",
     }));
-    Fixture { _dir: dir, live: Live::new(rt, auth, 1), io, token }
+    Fixture {
+        _dir: dir,
+        live: Live::new(rt, auth, 1),
+        io,
+        token,
+    }
 }
 
 fn bench(c: &mut Criterion) {
     let f = fixture();
     let authz = format!("Bearer {}", f.token);
-    let route = route::find(&f.live.rt.routes, Some("api.example.com"), "/orders/42", "GET").unwrap().clone();
+    let route = route::find(
+        &f.live.rt.routes,
+        Some("api.example.com"),
+        "/orders/42",
+        "GET",
+    )
+    .unwrap()
+    .clone();
     // Warm the cache once.
-    assert!(matches!(f.io.block_on(f.live.decide(&route, Some(authz.as_bytes()))), Outcome::Allow(_)));
+    assert!(matches!(
+        f.io.block_on(f.live.decide(&route, Some(authz.as_bytes()))),
+        Outcome::Allow(_)
+    ));
 
     let mut g = c.benchmark_group("decision");
     // The request header exists before the gateway sees it: build it outside the timing.
@@ -102,7 +131,13 @@ fn bench(c: &mut Criterion) {
         b.iter_batched_ref(
             new_req,
             |req| {
-                let r = route::find(&f.live.rt.routes, Some("api.example.com"), "/orders/42", "GET").unwrap();
+                let r = route::find(
+                    &f.live.rt.routes,
+                    Some("api.example.com"),
+                    "/orders/42",
+                    "GET",
+                )
+                .unwrap();
                 let mut fut = std::pin::pin!(f.live.decide(r, Some(authz.as_bytes())));
                 // A cache hit completes without awaiting anything.
                 let std::task::Poll::Ready(Outcome::Allow(g)) = fut.as_mut().poll(&mut cx) else {
@@ -121,7 +156,15 @@ fn bench(c: &mut Criterion) {
     let key = gatehouse::cache::DecisionCache::key(route.index, &f.token);
     g.bench_function("part: cache get", |b| b.iter(|| f.live.cache.get(&key)));
     g.bench_function("part: route find", |b| {
-        b.iter(|| route::find(&f.live.rt.routes, Some("api.example.com"), "/orders/42", "GET").is_some())
+        b.iter(|| {
+            route::find(
+                &f.live.rt.routes,
+                Some("api.example.com"),
+                "/orders/42",
+                "GET",
+            )
+            .is_some()
+        })
     });
     g.bench_function("cold: verify ES256 + authorize + render", |b| {
         b.iter(|| {

@@ -17,14 +17,16 @@ use sha2::{Digest, Sha256};
 
 use crate::admin::metrics;
 use crate::auth::AuthError;
-use crate::policy::rbac::Grant;
+use crate::policy::rbac::{Caller, Grant};
 
 /// A cached decision.
 pub type Decision = Result<Arc<Grant>, AuthError>;
 
+/// A decision with the caller it was made for (kept with denials for the audit log).
 #[derive(Clone)]
-struct Entry {
-    decision: Decision,
+pub struct Entry {
+    pub decision: Decision,
+    pub caller: Option<Arc<Caller>>,
     ttl: Duration,
 }
 
@@ -61,11 +63,11 @@ impl DecisionCache {
     }
 
     /// A live decision, counting the hit or miss.
-    pub fn get(&self, key: &[u8; 32]) -> Option<Decision> {
+    pub fn get(&self, key: &[u8; 32]) -> Option<Entry> {
         match self.cache.get(key) {
             Some(e) => {
                 metrics::DECISION_CACHE_HITS.inc();
-                Some(e.decision)
+                Some(e)
             }
             None => {
                 metrics::DECISION_CACHE_MISSES.inc();
@@ -76,7 +78,7 @@ impl DecisionCache {
 
     /// Keeps a decision about a token that expires at `exp` (Unix seconds); nothing is
     /// kept for a token that has already expired.
-    pub fn insert(&self, key: [u8; 32], decision: Decision, exp: u64) {
+    pub fn insert(&self, key: [u8; 32], decision: Decision, caller: Option<Arc<Caller>>, exp: u64) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -89,6 +91,7 @@ impl DecisionCache {
             key,
             Entry {
                 decision,
+                caller,
                 ttl: Duration::from_secs(left),
             },
         );
@@ -124,9 +127,9 @@ mod tests {
     fn expired_token_is_not_kept_and_live_one_is() {
         let c = DecisionCache::new(100, 300);
         let deny: Decision = Err(AuthError::new(DenyReason::InsufficientRole, "x"));
-        c.insert(DecisionCache::key(0, "old"), deny.clone(), now() - 1);
+        c.insert(DecisionCache::key(0, "old"), deny.clone(), None, now() - 1);
         assert!(c.get(&DecisionCache::key(0, "old")).is_none());
-        c.insert(DecisionCache::key(0, "new"), deny, now() + 60);
+        c.insert(DecisionCache::key(0, "new"), deny, None, now() + 60);
         assert!(c.get(&DecisionCache::key(0, "new")).is_some());
     }
 
@@ -134,7 +137,7 @@ mod tests {
     fn entry_lives_no_longer_than_the_token() {
         let c = DecisionCache::new(100, 300);
         let deny: Decision = Err(AuthError::new(DenyReason::InsufficientRole, "x"));
-        c.insert(DecisionCache::key(0, "t"), deny, now() + 1);
+        c.insert(DecisionCache::key(0, "t"), deny, None, now() + 1);
         std::thread::sleep(Duration::from_millis(2100));
         assert!(c.get(&DecisionCache::key(0, "t")).is_none());
     }

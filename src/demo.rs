@@ -73,8 +73,8 @@ client_cert = "certs/client.crt"
 client_key = "certs/client.key"
 
 [[routes]]
-name = "status"
-path_prefix = "/status"
+name = "health"
+path_prefix = "/health"
 upstream = "orders"
 auth = "none"
 
@@ -185,6 +185,9 @@ gatehouse demo is running (Ctrl-C stops everything)
   backend   https://{echo} (mTLS echo: answers with the headers it received)
   admin     http://127.0.0.1:{admin}/metrics  /healthz  /readyz
   redirect  http://127.0.0.1:{redirect}/  -> 308 to HTTPS
+
+# 0. a public route (auth = "none"): no token, no identity headers
+curl --cacert {ca} {base}/health
 
 # 1. allowed: alice is a data steward (via group sg-data-stewards); the backend sees
 #    X-Auth-Subject, X-Auth-Roles and her row filter X-Row-Filter: region=eu-west

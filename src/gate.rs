@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::auth::{bearer_token, AuthError, Authenticator};
 use crate::cache::DecisionCache;
 use crate::config::Runtime;
-use crate::policy::rbac::{self, Grant};
+use crate::policy::rbac::{self, Caller, Grant};
 use crate::policy::route::{AuthMode, Route};
 
 /// One loaded configuration with everything built from it. Swapped whole on reload, so a
@@ -42,29 +42,43 @@ impl Live {
     /// Authenticates and authorizes one request on `route`. `authorization` is the raw
     /// `Authorization` header value, if any.
     pub async fn decide(&self, route: &Route, authorization: Option<&[u8]>) -> Outcome {
+        self.decide_with_caller(route, authorization).await.0
+    }
+
+    /// Like [`Live::decide`], also returning who a verified-but-denied caller was (for
+    /// the audit log; an allowed caller is in its `Grant`).
+    pub async fn decide_with_caller(
+        &self,
+        route: &Route,
+        authorization: Option<&[u8]>,
+    ) -> (Outcome, Option<Arc<Caller>>) {
         if route.auth == AuthMode::None {
-            return Outcome::Public;
+            return (Outcome::Public, None);
         }
         let token = match bearer_token(authorization) {
             Ok(t) => t,
-            Err(e) => return Outcome::Deny(e),
+            Err(e) => return (Outcome::Deny(e), None),
         };
         let key = DecisionCache::key(route.index, token);
-        if let Some(d) = self.cache.get(&key) {
-            return match d {
-                Ok(g) => Outcome::Allow(g),
-                Err(e) => Outcome::Deny(e),
+        if let Some(hit) = self.cache.get(&key) {
+            return match hit.decision {
+                Ok(g) => (Outcome::Allow(g), None),
+                Err(e) => (Outcome::Deny(e), hit.caller),
             };
         }
         let id = match self.auth.verify(token, route.issuers.as_deref()).await {
             Ok(id) => id,
-            Err(e) => return Outcome::Deny(e),
+            Err(e) => return (Outcome::Deny(e), None),
         };
         let decision = rbac::decide(route, &id, &self.rt.roles).map(Arc::new);
-        self.cache.insert(key, decision.clone(), id.exp);
+        let caller = decision
+            .is_err()
+            .then(|| Arc::new(Caller::of(&id, &self.rt.roles)));
+        self.cache
+            .insert(key, decision.clone(), caller.clone(), id.exp);
         match decision {
-            Ok(g) => Outcome::Allow(g),
-            Err(e) => Outcome::Deny(e),
+            Ok(g) => (Outcome::Allow(g), None),
+            Err(e) => (Outcome::Deny(e), caller),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod devkit;
+pub mod explain;
 pub mod gate;
 pub mod logging;
 pub mod policy;

@@ -20,6 +20,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::{self, metrics};
+use crate::audit::AuditLog;
 use crate::auth::Authenticator;
 use crate::config::{self, ConfigErrors};
 use crate::gate::Live;
@@ -120,13 +121,30 @@ impl Gatehouse {
             .enable_all()
             .build()
             .context("cannot start the background runtime")?;
+        // Before any listener exists: a SIGTERM or SIGHUP that arrives while starting must
+        // be handled (drain / reload), not kill the process with the default action.
+        let signals = if opts.signals {
+            let _rt = bg.enter();
+            Some(Signals::install().context("cannot install signal handlers")?)
+        } else {
+            None
+        };
         let auth = Arc::new(Authenticator::new(
             rt.issuers.clone(),
             bg.handle().clone(),
             None,
         ));
         auth.start();
-        let shared = Shared::new(Live::new(rt.clone(), auth.clone(), 1));
+        if rt.audit.pseudonym_key.is_none() {
+            tracing::warn!("audit.pseudonym_key is not set: subject pseudonyms use a random per-process key and change at every restart");
+        }
+        let audit = AuditLog::start(&rt.audit, bg.handle())
+            .map_err(|e| anyhow::anyhow!("cannot open the audit log (audit.path): {e}"))?;
+        let flush_on_exit = audit.clone();
+        on_exit(Box::new(move || {
+            flush_on_exit.flush_blocking(Duration::from_secs(5))
+        }));
+        let shared = Shared::new(Live::new(rt.clone(), auth.clone(), 1), audit);
         let cert = SwappableCert::new(rt.server.cert.clone());
         let reloader = Arc::new(Reloader::new(
             opts.config.clone(),
@@ -212,8 +230,9 @@ impl Gatehouse {
             .context("cannot start the proxy thread")?;
 
         wait_listening(rt.server.listen, Duration::from_secs(10))?;
-        if opts.signals {
+        if let Some(signals) = signals {
             bg.spawn(signal_loop(
+                signals,
                 reloader.clone(),
                 shared.clone(),
                 sig_tx.clone(),
@@ -258,6 +277,12 @@ impl Gatehouse {
     }
 
     fn shutdown_background(&mut self) {
+        if let Some(bg) = &self.bg {
+            let audit = self.shared.audit.clone();
+            let _ = bg.block_on(async move {
+                tokio::time::timeout(Duration::from_secs(5), audit.flush()).await
+            });
+        }
         let _ = self.stop_listeners.send(true);
         self.shared.live.load().auth.stop();
         if let Some(bg) = self.bg.take() {
@@ -332,25 +357,43 @@ fn wait_listening(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
     anyhow::bail!("the HTTPS listener on {addr} did not come up within {within:?}")
 }
 
+/// The signal streams `serve` handles, registered up front (see [`Gatehouse::start`]).
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Must run inside a tokio runtime context.
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+}
+
 /// SIGHUP reloads; SIGTERM and SIGINT stop accepting, wait for in-flight requests (at
 /// most `drain_timeout_s`) and exit 0 as soon as the last one is done; SIGQUIT hands the
 /// listening sockets to a new process started with `serve --upgrade`.
 async fn signal_loop(
+    signals: Signals,
     reloader: Arc<Reloader>,
     shared: Arc<Shared>,
     pingora: mpsc::UnboundedSender<ShutdownSignal>,
     drain_timeout_s: u64,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int), Ok(mut quit)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::quit()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+    let Signals {
+        mut hup,
+        mut term,
+        mut int,
+        mut quit,
+    } = signals;
     loop {
         tokio::select! {
             _ = hup.recv() => {

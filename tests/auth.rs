@@ -1,1 +1,848 @@
+//! Authentication end to end through the gateway over real sockets (SPEC section 3 step 4,
+//! the status table and the deny reasons of section 4): valid tokens, every way a token is
+//! refused, key rotation, the unknown-`kid` flood, IdP outages, client-credentials tokens
+//! from the token endpoint and opaque tokens through introspection.
+//!
+//! Metrics are process-wide and tests run in parallel, so tests that count
+//! `gatehouse_auth_decisions_total` use route names no other test uses.
+
 mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use gatehouse::devkit::{forge_token, KeyAlg, SigningKey};
+use jsonwebtoken::{Algorithm, Header};
+use serde_json::{json, Value};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `DEFAULT_ROUTES` with every route name prefixed, so metric labels are this test's own.
+fn routes_prefixed(prefix: &str) -> String {
+    DEFAULT_ROUTES.replace("name = \"", &format!("name = \"{prefix}-"))
+}
+
+/// A full, valid claim set for alice (what `env.token` would sign).
+fn alice_claims(env: &Env) -> Value {
+    let n = now();
+    json!({
+        "iss": env.issuer().issuer_url(),
+        "aud": AUDIENCE,
+        "sub": "alice",
+        "email": "alice@example.com",
+        "groups": ["sg-data-stewards"],
+        "region": "eu-west",
+        "scope": "orders.read orders.write",
+        "amr": ["pwd", "mfa"],
+        "iat": n,
+        "exp": n + 600,
+    })
+}
+
+/// `Authorization` for a token, as a header pair list.
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// The part of a token that must never come back: the signature, or the whole token when
+/// it has none.
+fn secret_part(token: &str) -> &str {
+    match token.rsplit_once('.') {
+        Some((_, sig)) if !sig.is_empty() => sig,
+        _ => token,
+    }
+}
+
+/// No 8-character window of the token's secret part appears in the body or any header.
+fn assert_no_leak(what: &str, r: &Resp, token: &str) {
+    let secret = secret_part(token);
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    let headers: Vec<String> = r
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    let w = secret.len().min(8);
+    if w == 0 {
+        return;
+    }
+    let bytes = secret.as_bytes();
+    for i in 0..=bytes.len() - w {
+        let piece = &secret[i..i + w];
+        assert!(
+            !body.contains(piece),
+            "{what}: body echoes the token ({piece:?}): {body}"
+        );
+        for h in &headers {
+            assert!(
+                !h.contains(piece),
+                "{what}: header echoes the token ({piece:?}): {h}"
+            );
+        }
+    }
+}
+
+/// A problem+json response with `status`; returns the parsed body.
+fn assert_problem(what: &str, r: &Resp, status: u16) -> Value {
+    assert_eq!(
+        r.status,
+        status,
+        "{what}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/problem+json"),
+        "{what}"
+    );
+    let p = r.json();
+    assert_eq!(p["status"], status, "{what}: {p}");
+    assert!(p["title"].is_string(), "{what}: {p}");
+    assert!(p["type"].is_string(), "{what}: {p}");
+    assert_eq!(
+        p["request_id"].as_str(),
+        r.header("x-request-id").as_deref(),
+        "{what}: {p}"
+    );
+    p
+}
+
+fn assert_invalid_token_challenge(what: &str, r: &Resp) {
+    let w = r
+        .header("www-authenticate")
+        .unwrap_or_else(|| panic!("{what}: no WWW-Authenticate"));
+    let prefix = r#"Bearer realm="gatehouse", error="invalid_token", error_description=""#;
+    assert!(w.starts_with(prefix), "{what}: {w}");
+    assert!(w.ends_with('"'), "{what}: {w}");
+    let desc = &w[prefix.len()..w.len() - 1];
+    assert!(!desc.is_empty(), "{what}: empty error_description");
+    assert!(!desc.contains('"'), "{what}: {w}");
+}
+
+fn deny_count(env: &Env, route: &str, reason: &str) -> f64 {
+    metric_value(
+        &env.metrics(),
+        "gatehouse_auth_decisions_total",
+        &[("route", route), ("result", "deny"), ("reason", reason)],
+    )
+}
+
+/// Sends GET `path` with a raw `Authorization` value (or none) without reqwest's bearer
+/// helper, so malformed values go out as written.
+fn get_with_authorization(env: &Env, path: &str, authorization: Option<&str>, h2: bool) -> Resp {
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|a| vec![("authorization", a)])
+        .unwrap_or_default();
+    env.send(reqwest::Method::GET, path, None, &headers, None, h2)
+}
+
+#[test]
+fn valid_rs256_and_es256_tokens_pass_with_identity_headers() {
+    let env = Env::start();
+    let rs = env.token(json!({}));
+    let mut es_claims = alice_claims(&env);
+    es_claims.as_object_mut().unwrap().remove("iss");
+    let es = env.issuer().mint(KeyAlg::ES256, es_claims);
+    let header_alg = |t: &str| jsonwebtoken::decode_header(t).unwrap().alg;
+    assert_eq!(header_alg(&rs), Algorithm::RS256);
+    assert_eq!(header_alg(&es), Algorithm::ES256);
+    for (token, h2) in [(&rs, false), (&es, false), (&rs, true), (&es, true)] {
+        let r = env.get("/orders/42", Some(token), h2);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.echoed("x-auth-subject"), vec!["alice"]);
+        assert_eq!(r.echoed("x-auth-roles"), vec!["data-steward"]);
+        assert_eq!(r.echoed("x-row-filter"), vec!["region=eu-west"]);
+        assert!(
+            r.echoed("x-auth-client-id").is_empty(),
+            "alice is no client"
+        );
+        let iss = r.echoed("x-auth-issuer");
+        assert_eq!(iss.len(), 1);
+        let decoded = percent_decode(&iss[0]);
+        assert_eq!(decoded, env.issuer().issuer_url());
+        assert!(r.echoed("authorization").is_empty());
+    }
+    assert_eq!(env.echo().requests(), 4);
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn every_denial_has_status_challenge_problem_body_and_metric() {
+    let env = Env::with(EnvOptions {
+        routes: routes_prefixed("deny"),
+        ..EnvOptions::default()
+    });
+    let route = "deny-orders-read";
+    let claims = alice_claims(&env);
+    let rsa = env.issuer().key(KeyAlg::RS256);
+    let known_kid = rsa.kid.clone();
+    let n = now();
+
+    // Header variants signed by the issuer's real key.
+    let signed_with = |h: Header| rsa.sign_with_header(h, &claims);
+    let mut jku = Header::new(Algorithm::RS256);
+    jku.kid = Some(known_kid.clone());
+    jku.jku = Some(format!("{}/jwks", env.issuer().issuer_url()));
+    let mut crit = Header::new(Algorithm::RS256);
+    crit.kid = Some(known_kid.clone());
+    crit.crit = Some(vec!["exp".into()]);
+    let mut x5u = Header::new(Algorithm::RS256);
+    x5u.kid = Some(known_kid.clone());
+    x5u.x5u = Some("https://evil.example/cert.pem".into());
+
+    // A key the issuer never published, presenting the issuer's kid.
+    let impostor = SigningKey::generate(KeyAlg::RS256)
+        .unwrap()
+        .with_kid(known_kid.clone());
+    let stranger = SigningKey::generate(KeyAlg::ES256)
+        .unwrap()
+        .with_kid("no-such-kid-0001");
+    let hs256 = forge_token(
+        &json!({"alg": "HS256", "typ": "JWT", "kid": known_kid}),
+        &claims,
+        Some(rsa.public_key_pem().as_bytes()),
+    );
+    let oversize = env.token(json!({"padding": "p".repeat(17 * 1024)}));
+    assert!(oversize.len() > 16 * 1024);
+
+    struct Case {
+        what: &'static str,
+        authorization: Option<String>,
+        reason: &'static str,
+        status: u16,
+    }
+    let case = |what, token: String, reason| Case {
+        what,
+        authorization: Some(bearer(&token)),
+        reason,
+        status: 401,
+    };
+    let cases = vec![
+        Case {
+            what: "missing token",
+            authorization: None,
+            reason: "missing_token",
+            status: 401,
+        },
+        Case {
+            what: "garbage",
+            authorization: Some("Bearer abc".into()),
+            reason: "malformed_token",
+            status: 401,
+        },
+        Case {
+            what: "wrong scheme",
+            authorization: Some("Basic YWxpY2U6cGFzc3dvcmQ=".into()),
+            reason: "malformed_token",
+            status: 401,
+        },
+        case(
+            "alg none",
+            forge_token(&json!({"alg": "none", "typ": "JWT"}), &claims, None),
+            "disallowed_algorithm",
+        ),
+        case(
+            "alg None with a kid",
+            forge_token(
+                &json!({"alg": "None", "kid": known_kid}),
+                &claims,
+                Some(b"x"),
+            ),
+            "disallowed_algorithm",
+        ),
+        case(
+            "HS256 keyed with the RSA public key",
+            hs256,
+            "disallowed_algorithm",
+        ),
+        case(
+            "valid signature by an unpublished key under a known kid",
+            impostor.sign(&claims),
+            "bad_signature",
+        ),
+        case(
+            "tampered payload",
+            {
+                let t = rsa.sign(&claims);
+                let mut parts: Vec<&str> = t.split('.').collect();
+                let mut evil = claims.clone();
+                evil["groups"] = json!(["sg-mdm-admins"]);
+                let p = base64_url(&evil.to_string());
+                parts[1] = &p;
+                parts.join(".")
+            },
+            "bad_signature",
+        ),
+        case("unknown kid", stranger.sign(&claims), "unknown_key"),
+        case("jku header", signed_with(jku), "malformed_token"),
+        case("x5u header", signed_with(x5u), "malformed_token"),
+        case("crit header", signed_with(crit), "malformed_token"),
+        case(
+            "expired",
+            env.token(json!({"iat": n - 7200, "exp": n - 3600})),
+            "expired",
+        ),
+        case("no exp", env.token(json!({"exp": null})), "malformed_token"),
+        case(
+            "nbf beyond leeway",
+            env.token(json!({"nbf": n + 3600})),
+            "not_yet_valid",
+        ),
+        case(
+            "wrong iss",
+            env.token(json!({"iss": "https://evil.example"})),
+            "wrong_issuer",
+        ),
+        case(
+            "iss with a trailing slash",
+            env.token(json!({"iss": format!("{}/", env.issuer().issuer_url())})),
+            "wrong_issuer",
+        ),
+        case(
+            "wrong aud",
+            env.token(json!({"aud": "api://somebody-else"})),
+            "wrong_audience",
+        ),
+        case("oversize token", oversize, "malformed_token"),
+    ];
+
+    for c in cases {
+        let before = deny_count(&env, route, c.reason);
+        let r = get_with_authorization(&env, "/orders/1", c.authorization.as_deref(), false);
+        let p = assert_problem(c.what, &r, c.status);
+        assert!(
+            p["detail"].is_string(),
+            "{}: problem has a detail: {p}",
+            c.what
+        );
+        if c.reason == "missing_token" {
+            assert_eq!(
+                r.header("www-authenticate").as_deref(),
+                Some(r#"Bearer realm="gatehouse""#),
+                "{}",
+                c.what
+            );
+        } else {
+            assert_invalid_token_challenge(c.what, &r);
+        }
+        if let Some(a) = &c.authorization {
+            let token = a.split_once(' ').map_or(a.as_str(), |(_, t)| t);
+            assert_no_leak(c.what, &r, token);
+        }
+        let after = deny_count(&env, route, c.reason);
+        assert_eq!(
+            after - before,
+            1.0,
+            "{}: gatehouse_auth_decisions_total{{route={route},reason={}}}",
+            c.what,
+            c.reason
+        );
+    }
+    assert_eq!(
+        env.echo().requests(),
+        0,
+        "no denied request reached the backend"
+    );
+    // The same denials over HTTP/2 keep their answers.
+    let r = get_with_authorization(&env, "/orders/1", Some("Bearer abc"), true);
+    assert_eq!(r.version, reqwest::Version::HTTP_2);
+    assert_problem("garbage over h2", &r, 401);
+    assert_invalid_token_challenge("garbage over h2", &r);
+}
+
+fn base64_url(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+#[test]
+fn route_issuers_restrict_which_issuer_config_is_accepted() {
+    // `other`: another iss at the same IdP; `partner`: the same iss with another audience.
+    let routes = format!(
+        r#"
+[issuers.other]
+issuer = "{{issuer}}/other"
+jwks_uri = "{{issuer}}/jwks"
+ca = "certs/ca.crt"
+audiences = ["{AUDIENCE}"]
+
+[issuers.partner]
+issuer = "{{issuer}}"
+discovery = true
+ca = "certs/ca.crt"
+audiences = ["api://partner"]
+
+{default}
+
+[[routes]]
+name = "iss-only-other"
+path_prefix = "/only-other"
+upstream = "echo"
+issuers = ["other"]
+allow_roles = []
+
+[[routes]]
+name = "iss-only-partner"
+path_prefix = "/only-partner"
+upstream = "echo"
+issuers = ["partner"]
+allow_roles = []
+
+[[routes]]
+name = "iss-only-corp"
+path_prefix = "/only-corp"
+upstream = "echo"
+issuers = ["corp"]
+allow_roles = []
+"#,
+        default = routes_prefixed("iss"),
+    );
+    let env = Env::with(EnvOptions {
+        routes,
+        ..EnvOptions::default()
+    });
+    let url = env.issuer().issuer_url();
+    let corp = env.token(json!({}));
+    let other = env.token(json!({"iss": format!("{url}/other")}));
+    let partner = env.token(json!({"aud": "api://partner"}));
+
+    // A corp token on a route that accepts only `other`: wrong issuer.
+    let before = deny_count(&env, "iss-only-other", "wrong_issuer");
+    let r = env.get("/only-other", Some(&corp), false);
+    assert_problem("corp token on other-only route", &r, 401);
+    assert_invalid_token_challenge("corp token on other-only route", &r);
+    assert_no_leak("corp token on other-only route", &r, &corp);
+    assert_eq!(
+        deny_count(&env, "iss-only-other", "wrong_issuer") - before,
+        1.0
+    );
+
+    // The other issuer's token passes there, and only there.
+    let r = env.get("/only-other", Some(&other), false);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        percent_decode(&r.echoed("x-auth-issuer")[0]),
+        format!("{url}/other")
+    );
+    let before = deny_count(&env, "iss-only-corp", "wrong_issuer");
+    let r = env.get("/only-corp", Some(&other), false);
+    assert_problem("other token on corp-only route", &r, 401);
+    assert_eq!(
+        deny_count(&env, "iss-only-corp", "wrong_issuer") - before,
+        1.0
+    );
+
+    // Same iss, other audience: a corp token is not meant for the partner route.
+    let before = deny_count(&env, "iss-only-partner", "wrong_audience");
+    let r = env.get("/only-partner", Some(&corp), false);
+    assert_problem("corp token on partner-only route", &r, 401);
+    assert_invalid_token_challenge("corp token on partner-only route", &r);
+    assert_eq!(
+        deny_count(&env, "iss-only-partner", "wrong_audience") - before,
+        1.0
+    );
+    let r = env.get("/only-partner", Some(&partner), false);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // ...and a partner-audience token is no corp token.
+    let r = env.get("/only-corp", Some(&partner), false);
+    assert_problem("partner token on corp-only route", &r, 401);
+    let r = env.get("/only-corp", Some(&corp), false);
+    assert_eq!(r.status, 200);
+
+    // A route without `issuers` accepts every configured issuer, whichever config of a
+    // shared `iss` the token fits.
+    for (what, t) in [("corp", &corp), ("other", &other), ("partner", &partner)] {
+        let r = env.get("/profile", Some(t), false);
+        assert_eq!(
+            r.status,
+            200,
+            "{what} token on a route open to all issuers: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+}
+
+#[test]
+fn key_rotation_is_picked_up_without_restart() {
+    let env = Env::start();
+    let old_key = env.issuer().key(KeyAlg::RS256);
+    let r = env.get("/orders", Some(&env.token(json!({}))), false);
+    assert_eq!(r.status, 200);
+
+    let fetches = env.issuer().jwks_requests();
+    let new_key = env.issuer().rotate(KeyAlg::RS256);
+    assert_ne!(new_key.kid, old_key.kid);
+    let fresh = env.token(json!({"jti": "after-rotation"}));
+    assert_eq!(
+        jsonwebtoken::decode_header(&fresh).unwrap().kid.as_deref(),
+        Some(new_key.kid.as_str())
+    );
+    let r = env.get("/orders", Some(&fresh), false);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.echoed("x-auth-subject"), vec!["alice"]);
+    assert!(
+        env.issuer().jwks_requests() > fetches,
+        "the kid miss refetched the JWKS"
+    );
+
+    // A new token from the retired key (no cached decision) is now refused.
+    let mut claims = alice_claims(&env);
+    claims["jti"] = json!("retired-key");
+    let retired = old_key.sign(&claims);
+    let r = env.get("/orders", Some(&retired), false);
+    assert_problem("token from the retired key", &r, 401);
+    assert_invalid_token_challenge("token from the retired key", &r);
+    // The ES256 key was not touched.
+    let mut es = alice_claims(&env);
+    es.as_object_mut().unwrap().remove("iss");
+    let r = env.get("/orders", Some(&env.issuer().mint(KeyAlg::ES256, es)), true);
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn unknown_kid_flood_causes_at_most_one_or_two_jwks_fetches() {
+    let env = Env::with(EnvOptions {
+        routes: routes_prefixed("flood"),
+        ..EnvOptions::default()
+    });
+    let claims = alice_claims(&env);
+    let key = SigningKey::generate(KeyAlg::ES256).unwrap();
+    let tokens = |round: &str| -> Vec<String> {
+        (0..50)
+            .map(|i| {
+                key.clone()
+                    .with_kid(format!("flood-{round}-{i}"))
+                    .sign(&claims)
+            })
+            .collect()
+    };
+    let send_all = |tokens: Vec<String>| -> Vec<u16> {
+        let client = env.client(false);
+        let url = env.url("/orders");
+        env.block_on(async {
+            let reqs = tokens.iter().map(|t| {
+                let client = client.clone();
+                let url = url.clone();
+                async move {
+                    client
+                        .get(url)
+                        .bearer_auth(t)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                }
+            });
+            futures::future::join_all(reqs).await
+        })
+    };
+    let fetches = env.issuer().jwks_requests();
+    let denied = deny_count(&env, "flood-orders-read", "unknown_key");
+    let started = Instant::now();
+    let statuses = send_all(tokens("a"));
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    let delta = env.issuer().jwks_requests() - fetches;
+    assert!(
+        (1..=2).contains(&delta),
+        "50 unknown kids caused {delta} JWKS fetches"
+    );
+    assert_eq!(
+        deny_count(&env, "flood-orders-read", "unknown_key") - denied,
+        50.0
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the flood was answered promptly: {:?}",
+        started.elapsed()
+    );
+    // A second wave right after is throttled: no fetch at all.
+    let statuses = send_all(tokens("b"));
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    assert_eq!(
+        env.issuer().jwks_requests() - fetches,
+        delta,
+        "refetches are throttled"
+    );
+    // Genuine tokens are still served.
+    let r = env.get("/orders", Some(&env.token(json!({}))), false);
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn idp_down_after_start_keeps_serving_with_last_keys() {
+    let env = Env::start();
+    let r = env.get("/orders", Some(&env.token(json!({}))), false);
+    assert_eq!(r.status, 200);
+    let errors = |env: &Env| {
+        metric_value(
+            &env.metrics(),
+            "gatehouse_jwks_refresh_total",
+            &[("issuer", "corp"), ("result", "error")],
+        )
+    };
+    let errors_before = errors(&env);
+    env.issuer().set_down(true);
+
+    // A kid miss makes the gateway try to refetch; the fetch fails, the keys stay.
+    let stranger = SigningKey::generate(KeyAlg::RS256)
+        .unwrap()
+        .with_kid("unknown-while-down");
+    let r = env.get("/orders", Some(&stranger.sign(&alice_claims(&env))), false);
+    assert_problem("unknown kid while the IdP is down", &r, 401);
+    assert_invalid_token_challenge("unknown kid while the IdP is down", &r);
+    assert!(
+        errors(&env) > errors_before,
+        "the failed refetch is counted"
+    );
+
+    // Fresh tokens (no cached decision) from both published keys still verify.
+    for (i, alg) in [KeyAlg::RS256, KeyAlg::ES256].into_iter().enumerate() {
+        let mut c = alice_claims(&env);
+        c.as_object_mut().unwrap().remove("iss");
+        c["jti"] = json!(format!("down-{i}"));
+        let t = env.issuer().mint(alg, c);
+        let r = env.get("/orders/9", Some(&t), i == 1);
+        assert_eq!(r.status, 200, "{alg}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.echoed("x-auth-subject"), vec!["alice"]);
+    }
+    let ready = env.block_on(async {
+        reqwest::get(env.admin_url("/readyz"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(ready, 200, "keys were loaded once: still ready");
+}
+
+#[test]
+fn idp_down_from_start_is_503_with_retry_after_and_public_routes_still_work() {
+    let env = Env::with(EnvOptions {
+        routes: routes_prefixed("down"),
+        issuer_down_at_start: true,
+        ..EnvOptions::default()
+    });
+    let token = env.token(json!({}));
+    let before = deny_count(&env, "down-orders-read", "issuer_unavailable");
+    for h2 in [false, true] {
+        let r = env.get("/orders", Some(&token), h2);
+        assert_problem("IdP down since start", &r, 503);
+        let retry = r.header("retry-after").expect("Retry-After");
+        assert!(
+            retry.parse::<u64>().is_ok_and(|s| s > 0),
+            "Retry-After is delta-seconds: {retry}"
+        );
+        assert_no_leak("IdP down since start", &r, &token);
+    }
+    assert_eq!(
+        deny_count(&env, "down-orders-read", "issuer_unavailable") - before,
+        2.0
+    );
+    // No token is still the caller's problem.
+    let r = env.get("/orders", None, false);
+    assert_problem("no token while the IdP is down", &r, 401);
+    // Public routes do not need the IdP.
+    let r = env.get("/public/status", None, false);
+    assert_eq!(r.status, 200);
+    let readyz = |env: &Env| {
+        env.block_on(async {
+            let r = reqwest::get(env.admin_url("/readyz")).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    let (status, body) = readyz(&env);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("corp"), "readyz names the issuer: {body}");
+    assert_eq!(
+        env.echo().requests(),
+        1,
+        "only the public request went through"
+    );
+
+    // The IdP comes back: the retrying store loads keys and the same token passes.
+    env.issuer().set_down(false);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let r = env.get("/orders", Some(&token), false);
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503);
+        assert!(
+            Instant::now() < deadline,
+            "keys never loaded after the IdP came back"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(readyz(&env).0, 200);
+}
+
+#[test]
+fn client_credentials_token_from_the_token_endpoint() {
+    let env = Env::start();
+    let client = env.client(false);
+    let (status, body) = env.block_on(async {
+        let r = client
+            .post(env.issuer().token_endpoint())
+            .basic_auth("billing-sync", Some("s3cret"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", "orders.read"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    });
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    let token = body["access_token"].as_str().unwrap().to_string();
+
+    let r = env.get("/orders", Some(&token), false);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.echoed("x-auth-client-id"), vec!["billing-sync"]);
+    assert_eq!(r.echoed("x-auth-roles"), vec!["integration"]);
+    assert_eq!(r.echoed("x-auth-subject"), vec!["billing-sync"]);
+    assert_eq!(r.echoed("x-row-filter"), vec!["region=eu-west"]);
+
+    // The integration role does not grant updates, and the token lacks orders.write.
+    let r = env.send(
+        reqwest::Method::POST,
+        "/orders",
+        Some(&token),
+        &[],
+        Some(b"{}".to_vec()),
+        false,
+    );
+    assert_problem("client on the update route", &r, 403);
+
+    // Wrong client secret: no token at all.
+    let status = env.block_on(async {
+        client
+            .post(env.issuer().token_endpoint())
+            .basic_auth("billing-sync", Some("wrong"))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn opaque_tokens_are_introspected() {
+    let var = format!("GH_TEST_IDP_SECRET_{}", std::process::id());
+    std::env::set_var(&var, "intro-s3cret");
+    let mut env = Env::with(EnvOptions {
+        routes: routes_prefixed("opaque"),
+        issuer_extra: format!(
+            "introspection = {{ url = \"{{issuer}}/introspect\", client_id = \"gatehouse\", client_secret = {{ env = \"{var}\" }} }}"
+        ),
+        start_gateway: false,
+        ..EnvOptions::default()
+    });
+    // `issuer_extra` is written as is: put the issuer URL in now.
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        text.replace("{issuer}", &env.issuer().issuer_url()),
+    )
+    .unwrap();
+    env.issuer()
+        .register_client("gatehouse", "intro-s3cret", KeyAlg::RS256, json!({}));
+    env.start_gateway();
+
+    let opaque = format!("opq_{}", "7f3a9c2e5b8d1046".repeat(3));
+    env.issuer().register_opaque(
+        &opaque,
+        json!({
+            "iss": env.issuer().issuer_url(),
+            "aud": AUDIENCE,
+            "sub": "bob",
+            "email": "bob@example.com",
+            "groups": ["sg-data-stewards"],
+            "scope": "orders.read",
+            "region": "us-east",
+            "exp": now() + 600,
+        }),
+    );
+    let calls = env.issuer().introspect_requests();
+    let r = env.get("/orders/3", Some(&opaque), false);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.echoed("x-auth-subject"), vec!["bob"]);
+    assert_eq!(r.echoed("x-auth-roles"), vec!["data-steward"]);
+    assert_eq!(r.echoed("x-row-filter"), vec!["region=us-east"]);
+    assert!(
+        env.issuer().introspect_requests() > calls,
+        "the IdP was asked"
+    );
+
+    // An opaque token the IdP does not know.
+    let unknown = format!("opq_{}", "0badc0de".repeat(6));
+    let before = deny_count(&env, "opaque-orders-read", "introspection_inactive");
+    let r = env.get("/orders/3", Some(&unknown), false);
+    assert_problem("unknown opaque token", &r, 401);
+    assert_invalid_token_challenge("unknown opaque token", &r);
+    assert_no_leak("unknown opaque token", &r, &unknown);
+    assert_eq!(
+        deny_count(&env, "opaque-orders-read", "introspection_inactive") - before,
+        1.0
+    );
+    // JWTs still go through the JWKS path on the same gateway.
+    let r = env.get("/orders/3", Some(&env.token(json!({}))), false);
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn jwks_metrics_are_exported() {
+    let env = Env::start();
+    // At least one request so the proxy metrics exist too.
+    assert_eq!(
+        env.get("/orders", Some(&env.token(json!({}))), false)
+            .status,
+        200
+    );
+    let m = env.metrics();
+    assert!(
+        metric_value(
+            &m,
+            "gatehouse_jwks_refresh_total",
+            &[("issuer", "corp"), ("result", "ok")]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "gatehouse_jwks_keys", &[("issuer", "corp")]),
+        2.0,
+        "RS256 and ES256 keys: {m}"
+    );
+    assert!(
+        m.contains("# TYPE gatehouse_jwks_refresh_total counter"),
+        "{m}"
+    );
+    assert!(m.contains("# TYPE gatehouse_jwks_keys gauge"), "{m}");
+}

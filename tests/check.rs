@@ -179,44 +179,35 @@ fn position(text: &str, needle: &str) -> (usize, usize) {
     (line, text[line_start..off].chars().count() + 1)
 }
 
-/// One defect: the edits that make it, the key path and position of the error, and
-/// words the message must contain (what is wrong and what to do).
-struct Defect<'a> {
-    edits: &'a [(&'a str, &'a str)],
-    key: &'a str,
-    /// Unique text in the edited config where the error must point.
-    at: &'a str,
-    says: &'a [&'a str],
-}
-
-/// Applies the defect to BASE, loads it and checks the single error it must cause.
-fn assert_defect(d: &Defect<'_>) {
+/// One defect: the edits to BASE that make it, the key path of the error, unique text in
+/// the edited config where it must point, and words the message must contain (what is
+/// wrong and what to do). The defect must cause exactly this one error.
+fn assert_defect(edits: &[(&str, &str)], key: &str, at: &str, says: &[&str]) {
     let fx = Fixture::new();
     let mut text = BASE.to_string();
-    for (from, to) in d.edits {
+    for (from, to) in edits {
         text = edit(&text, from, to);
     }
     let (path, errors) = fx.errors(&text);
     let listing: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     let e = errors
         .iter()
-        .find(|e| e.key == d.key)
-        .unwrap_or_else(|| panic!("no error for key {:?}; got:\n{}", d.key, listing.join("\n")));
+        .find(|e| e.key == key)
+        .unwrap_or_else(|| panic!("no error for key {key:?}; got:\n{}", listing.join("\n")));
     assert_eq!(
         errors.len(),
         1,
         "one defect, one error; got:\n{}",
         listing.join("\n")
     );
-    let (line, col) = position(&text, d.at);
+    let (line, col) = position(&text, at);
     assert_eq!(
         (e.line, e.col),
         (line, col),
-        "{e} should point at {:?} ({line}:{col})",
-        d.at
+        "{e} should point at {at:?} ({line}:{col})"
     );
     assert_eq!(e.file, path);
-    for word in d.says {
+    for word in says {
         assert!(
             e.message.contains(word),
             "message of {e} should mention {word:?}"
@@ -225,7 +216,7 @@ fn assert_defect(d: &Defect<'_>) {
     // The Display form operators see: FILE:LINE:COL: KEY: MESSAGE.
     assert_eq!(
         e.to_string(),
-        format!("{}:{line}:{col}: {}: {}", path.display(), d.key, e.message)
+        format!("{}:{line}:{col}: {key}: {}", path.display(), e.message)
     );
 }
 
@@ -353,6 +344,18 @@ fn check_binary_good_config_prints_summary_and_exits_0() {
     ] {
         assert!(stdout.contains(want), "summary lacks {want:?}:\n{stdout}");
     }
+    for section in [
+        "listen",
+        "admin",
+        "issuers     1",
+        "upstreams   2",
+        "routes      3",
+    ] {
+        assert!(
+            stdout.contains(section),
+            "summary lacks {section:?}:\n{stdout}"
+        );
+    }
     assert!(!stdout.contains("warning"), "{stdout}");
 }
 
@@ -476,467 +479,191 @@ fn certificate_expiring_within_30_days_is_a_warning() {
 }
 
 // ---------------------------------------------------------------------------------------
-// One defect at a time.
+// One defect at a time: `name: [FROM => TO, ...] key KEY at TEXT says [WORDS];` makes a test
+// that applies the edits to BASE and expects one error at TEXT naming KEY.
 
-#[test]
-fn unknown_top_level_key() {
-    assert_defect(&Defect {
-        edits: &[(
-            "# gatehouse test config\n",
-            "# gatehouse test config\nlisten = \"0.0.0.0:443\"\n",
-        )],
-        key: "listen",
-        at: "listen = \"0.0.0.0:443\"",
-        says: &["unknown", "`listen`", "rename or remove"],
-    });
+macro_rules! defects {
+    ($($name:ident: [$($from:expr => $to:expr),*] key $key:literal at $at:expr,
+        says [$($w:expr),*];)*) => {$(
+        #[test]
+        fn $name() {
+            assert_defect(&[$(($from, $to)),*], $key, $at, &[$($w),*]);
+        }
+    )*};
 }
 
-#[test]
-fn unknown_top_level_table() {
-    assert_defect(&Defect {
-        edits: &[("[cache]\n", "[caches]\n")],
-        key: "caches",
-        at: "caches]",
-        says: &["unknown", "`caches`", "rename or remove"],
-    });
-}
-
-#[test]
-fn unknown_key_in_server() {
-    assert_defect(&Defect {
-        edits: &[("drain_timeout_s = 20\n", "drain_timeout = 20\n")],
-        key: "server.drain_timeout",
-        at: "drain_timeout = 20",
-        says: &[
-            "unknown",
-            "`drain_timeout`",
-            "drain_timeout_s",
-            "rename or remove",
-        ],
-    });
-}
-
-#[test]
-fn unknown_key_in_route() {
-    assert_defect(&Defect {
-        edits: &[(
-            "require_mfa = true\n",
-            "require_mfa = true\nallow_groups = [\"x\"]\n",
-        )],
-        key: "routes[2].allow_groups",
-        at: "allow_groups",
-        says: &[
-            "unknown",
-            "`allow_groups`",
-            "allow_roles",
-            "rename or remove",
-        ],
-    });
-}
-
-#[test]
-fn unknown_key_in_row_filter() {
-    assert_defect(&Defect {
-        edits: &[(
-            "except_roles = [\"admin\"]\n",
-            "except_roles = [\"admin\"]\nexcept = [\"admin\"]\n",
-        )],
-        key: "routes[1].row_filters[0].except",
-        at: "except = ",
-        says: &["unknown", "`except`", "rename or remove"],
-    });
-}
-
-#[test]
-fn unknown_upstream() {
-    assert_defect(&Defect {
-        edits: &[("upstream = \"billing\"", "upstream = \"ordrs\"")],
-        key: "routes[2].upstream",
-        at: "\"ordrs\"",
-        says: &["unknown upstream \"ordrs\" (known: orders, billing)"],
-    });
-}
-
-#[test]
-fn unknown_issuer() {
-    assert_defect(&Defect {
-        edits: &[("issuers = [\"corp\"]", "issuers = [\"crop\"]")],
-        key: "routes[1].issuers",
-        at: "\"crop\"",
-        says: &["unknown issuer \"crop\"", "known: corp"],
-    });
-}
-
-#[test]
-fn unknown_role_in_allow_roles() {
-    assert_defect(&Defect {
-        edits: &[(
-            "allow_roles = [\"admin\", \"integration\"]",
-            "allow_roles = [\"admin\", \"integrator\"]",
-        )],
-        key: "routes[2].allow_roles",
-        at: "\"integrator\"",
-        says: &[
-            "unknown role \"integrator\"",
-            "data-steward, integration, admin",
-            "[roles.integrator]",
-        ],
-    });
-}
-
-#[test]
-fn unknown_role_in_except_roles() {
-    assert_defect(&Defect {
-        edits: &[("except_roles = [\"admin\"]", "except_roles = [\"admins\"]")],
-        key: "routes[1].row_filters[0].except_roles",
-        at: "\"admins\"",
-        says: &[
-            "unknown role \"admins\"",
-            "data-steward, integration, admin",
-        ],
-    });
-}
-
-#[test]
-fn duplicate_route_name() {
-    assert_defect(&Defect {
-        edits: &[("name = \"billing\"", "name = \"orders-read\"\n# dup")],
-        key: "routes[2].name",
-        at: "\"orders-read\"\n# dup",
-        says: &[
-            "duplicate route name \"orders-read\"",
-            "routes[1]",
-            "unique",
-        ],
-    });
-}
-
-/// A fourth route appended after the base ones (it becomes `routes[3]`).
-const LAST_LINE: &str = "value = \"tenant={claims.org.tenant};by={sub}\"\n";
-
-#[test]
-fn route_shadowed_by_same_prefix_and_methods() {
-    assert_defect(&Defect {
-        edits: &[(
-            LAST_LINE,
-            "value = \"tenant={claims.org.tenant};by={sub}\"\n\n[[routes]]\nname = \"billing-get\"\npath_prefix = \"/billing\"\nmethods = [\"GET\"]\nupstream = \"billing\"\n",
-        )],
-        key: "routes[3]",
-        at: "[[routes]]\nname = \"billing-get\"",
-        says: &["never reached", "routes[2]", "\"billing\"", "move it above"],
-    });
-}
-
-#[test]
-fn route_shadowed_by_earlier_prefix_with_covering_methods() {
-    assert_defect(&Defect {
-        edits: &[(
-            LAST_LINE,
-            "value = \"tenant={claims.org.tenant};by={sub}\"\n\n[[routes]]\nname = \"order-items\"\npath_prefix = \"/orders/items\"\nmethods = [\"HEAD\"]\nupstream = \"orders\"\nallow_roles = [\"admin\"]\n",
-        )],
-        key: "routes[3]",
-        at: "[[routes]]\nname = \"order-items\"",
-        says: &["never reached", "routes[1]", "\"orders-read\"", "narrow it"],
-    });
-}
-
-#[test]
-fn narrower_route_after_broader_one_with_other_methods_is_fine() {
-    let fx = Fixture::new();
-    let cfg = edit(
-        BASE,
-        LAST_LINE,
-        "value = \"tenant={claims.org.tenant};by={sub}\"\n\n[[routes]]\nname = \"order-items\"\npath_prefix = \"/orders/items\"\nmethods = [\"GET\", \"POST\"]\nupstream = \"orders\"\n\n[[routes]]\nname = \"ordersx\"\npath_prefix = \"/ordersx\"\nupstream = \"orders\"\n",
-    );
-    let rt = fx.load_ok(&cfg);
-    assert_eq!(rt.routes.len(), 5);
-}
-
-fn placeholder_defect(value: &str, says: &[&str]) {
-    let at = value.split_once("= ").unwrap().1;
-    assert_defect(&Defect {
-        edits: &[("value = \"region={claims.region}\"", value)],
-        key: "routes[1].row_filters[0].value",
-        at,
-        says,
-    });
-}
-
-#[test]
-fn placeholder_claim_singular() {
-    placeholder_defect(
-        "value = \"region={claim.region}\"",
-        &[
-            "unknown placeholder {claim.region}",
-            "{claims.PATH}",
-            "{sub}",
-        ],
-    );
-}
-
-#[test]
-fn placeholder_user() {
-    placeholder_defect(
-        "value = \"u={user}\"",
-        &[
-            "unknown placeholder {user}",
-            "{claims.PATH}, {sub}, {client_id}, {roles}, {issuer}",
-        ],
-    );
-}
-
-#[test]
-fn placeholder_unclosed() {
-    placeholder_defect(
-        "value = \"region={claims.region\"",
-        &["unclosed '{'", "{claims.PATH}"],
-    );
-}
-
-#[test]
-fn placeholder_empty_claim_path() {
-    placeholder_defect(
-        "value = \"r={claims.}\"",
-        &["unknown placeholder", "{claims.PATH}"],
-    );
-}
-
-fn header_defect(header: &str) {
-    let line = format!("header = \"{header}\"");
-    let at = format!("\"{header}\"");
-    assert_defect(&Defect {
-        edits: &[("header = \"X-Row-Filter\"", &line)],
-        key: "routes[1].row_filters[0].header",
-        at: &at,
-        says: &[header, "pick another name"],
-    });
-}
-
-#[test]
-fn row_filter_header_hop_by_hop_connection() {
-    header_defect("Connection");
-}
-
-#[test]
-fn row_filter_header_hop_by_hop_transfer_encoding() {
-    header_defect("Transfer-Encoding");
-}
-
-#[test]
-fn row_filter_header_identity() {
-    header_defect("X-Auth-Roles");
-}
-
-#[test]
-fn row_filter_header_x_forwarded_for() {
-    header_defect("X-Forwarded-For");
-}
-
-#[test]
-fn row_filter_header_twice_on_a_route() {
-    assert_defect(&Defect {
-        edits: &[(
-            LAST_LINE,
-            "value = \"tenant={claims.org.tenant};by={sub}\"\n\n[[routes.row_filters]]\nheader = \"x-tenant\"\nvalue = \"{sub}\"\n",
-        )],
-        key: "routes[2].row_filters[1].header",
-        at: "\"x-tenant\"",
-        says: &["twice"],
-    });
-}
-
-#[test]
-fn cert_file_unreadable() {
-    assert_defect(&Defect {
-        edits: &[(
-            "cert = \"../certs/server.crt\"",
-            "cert = \"../certs/missing.crt\"",
-        )],
-        key: "server.cert",
-        at: "\"../certs/missing.crt\"",
-        says: &["cannot read", "missing.crt", "PEM certificate"],
-    });
-}
-
-#[test]
-fn key_file_unreadable() {
-    assert_defect(&Defect {
-        edits: &[(
-            "key = \"../certs/server.key\"",
-            "key = \"../certs/missing.key\"",
-        )],
-        key: "server.key",
-        at: "\"../certs/missing.key\"",
-        says: &["cannot read", "missing.key", "private key"],
-    });
-}
-
-#[test]
-fn key_does_not_match_cert() {
-    assert_defect(&Defect {
-        edits: &[(
-            "key = \"../certs/server.key\"",
-            "key = \"../certs/backend.key\"",
-        )],
-        key: "server.key",
-        at: "\"../certs/backend.key\"",
-        says: &[
-            "does not match",
-            "use the key that was issued with this certificate",
-        ],
-    });
-}
-
-#[test]
-fn upstream_client_key_does_not_match_cert() {
-    assert_defect(&Defect {
-        edits: &[(
-            "client_key = \"../certs/client.key\"\nconnect_timeout_ms",
-            "client_key = \"../certs/server.key\"\nconnect_timeout_ms",
-        )],
-        key: "upstreams.orders.client_key",
-        at: "\"../certs/server.key\"\nconnect",
-        says: &["does not match", "use the key that was issued"],
-    });
-}
-
-#[test]
-fn cert_not_pem() {
-    assert_defect(&Defect {
-        edits: &[(
-            "cert = \"../certs/server.crt\"",
-            "cert = \"../certs/not-pem.crt\"",
-        )],
-        key: "server.cert",
-        at: "\"../certs/not-pem.crt\"",
-        says: &["not-pem.crt", "PEM"],
-    });
-}
-
-#[test]
-fn key_not_pem() {
-    assert_defect(&Defect {
-        edits: &[(
-            "key = \"../certs/server.key\"",
-            "key = \"../certs/not-pem.key\"",
-        )],
-        key: "server.key",
-        at: "\"../certs/not-pem.key\"",
-        says: &["not-pem.key", "PEM"],
-    });
-}
-
-#[test]
-fn upstream_ca_not_pem() {
-    assert_defect(&Defect {
-        edits: &[(
-            "sni = \"localhost\"\nca = \"../certs/ca.crt\"",
-            "sni = \"localhost\"\nca = \"../certs/not-pem.crt\"",
-        )],
-        key: "upstreams.orders.ca",
-        at: "\"../certs/not-pem.crt\"",
-        says: &["not-pem.crt", "PEM CA certificate"],
-    });
-}
-
+const TOP: &str = "# gatehouse test config\n";
+const LAST: &str = "value = \"tenant={claims.org.tenant};by={sub}\"\n";
+const ROW_VALUE: &str = "value = \"region={claims.region}\"";
+const ROW_HEADER: &str = "header = \"X-Row-Filter\"";
 const PSEUDONYM: &str = "pseudonym_key = { file = \"pseudonym.key\" }";
-
-#[test]
-fn inline_secret() {
-    assert_defect(&Defect {
-        edits: &[(PSEUDONYM, "pseudonym_key = \"abc\"")],
-        key: "audit.pseudonym_key",
-        at: "\"abc\"",
-        says: &["inline", "{ env = \"NAME\" }", "{ file = \"path\" }"],
-    });
-}
-
-#[test]
-fn env_secret_unset() {
-    assert_defect(&Defect {
-        edits: &[(
-            PSEUDONYM,
-            "pseudonym_key = { env = \"GATEHOUSE_CHECK_TEST_SURELY_UNSET\" }",
-        )],
-        key: "audit.pseudonym_key",
-        at: "{ env",
-        says: &["GATEHOUSE_CHECK_TEST_SURELY_UNSET", "not set", "export"],
-    });
-}
-
-#[test]
-fn secret_with_env_and_file() {
-    assert_defect(&Defect {
-        edits: &[(
-            PSEUDONYM,
-            "pseudonym_key = { env = \"HOME\", file = \"pseudonym.key\" }",
-        )],
-        key: "audit.pseudonym_key",
-        at: "{ env",
-        says: &["exactly one of"],
-    });
-}
-
-#[test]
-fn secret_file_unreadable() {
-    assert_defect(&Defect {
-        edits: &[(PSEUDONYM, "pseudonym_key = { file = \"nope.key\" }")],
-        key: "audit.pseudonym_key",
-        at: "{ file",
-        says: &["cannot read", "nope.key"],
-    });
-}
-
 const JWKS_FILE: &str = "jwks_file = \"keys/corp.jwks.json\"\n";
+const ALGS: &str = "algorithms = [\"ES256\", \"RS256\"]";
+const ORDERS_CA: &str = "sni = \"localhost\"\nca = \"../certs/ca.crt\"";
+const ORDERS_KEY: &str = "client_key = \"../certs/client.key\"\nconnect_timeout_ms";
 
-#[test]
-fn issuer_without_key_source() {
-    assert_defect(&Defect {
-        edits: &[(JWKS_FILE, "")],
-        key: "issuers.corp",
-        at: "[issuers.corp]",
-        says: &[
-            "no key source",
-            "exactly one",
-            "discovery = true",
-            "jwks_uri",
-            "jwks_file",
-        ],
-    });
-}
+defects! {
+    // Unknown keys (serde stops at the first one; its path is rebuilt from the headers).
+    unknown_top_level_key: [TOP => "# gatehouse test config\nlisten = \"0.0.0.0:443\"\n"]
+        key "listen" at "listen = \"0.0.0.0:443\"",
+        says ["unknown field `listen`", "rename or remove"];
+    unknown_top_level_table: ["[cache]\n" => "[caches]\n"]
+        key "caches" at "caches]", says ["unknown field `caches`", "did you mean `cache`?"];
+    unknown_key_in_server: ["drain_timeout_s = 20\n" => "drain_timeout = 20\n"]
+        key "server.drain_timeout" at "drain_timeout = 20",
+        says ["unknown field `drain_timeout`", "did you mean `drain_timeout_s`?", "rename or remove"];
+    unknown_key_in_issuer: ["leeway_s = 30\n" => "leeway_s = 30\naudience = \"x\"\n"]
+        key "issuers.corp.audience" at "audience = \"x\"", says ["did you mean `audiences`?"];
+    unknown_key_in_route: ["require_mfa = true\n" => "require_mfa = true\nallow_groups = [\"x\"]\n"]
+        key "routes[2].allow_groups" at "allow_groups",
+        says ["unknown field `allow_groups`", "allow_roles", "rename or remove"];
+    unknown_key_in_row_filter: ["except_roles = [\"admin\"]\n" => "except_roles = [\"admin\"]\nexcept = 1\n"]
+        key "routes[1].row_filters[0].except" at "except = 1", says ["unknown field `except`"];
+    unknown_key_in_inline_table: [PSEUDONYM => "pseudonym_key = { env = \"X\", fil = \"y\" }"]
+        key "audit.pseudonym_key" at "{ env", says ["{ env = \"NAME\" } or { file = \"path\" }"];
+    wrong_value_type_names_the_key: ["threads = 2" => "threads = \"two\""]
+        key "server.threads" at "\"two\"", says ["invalid type", "expected i64"];
+    missing_required_key_names_the_key: ["upstream = \"billing\"\n" => ""]
+        key "routes[2].upstream" at "[[routes]]\nname = \"billing\"",
+        says ["missing field `upstream`", "add it"];
 
-#[test]
-fn issuer_with_jwks_file_and_jwks_uri() {
-    assert_defect(&Defect {
-        edits: &[(
-            JWKS_FILE,
-            "jwks_file = \"keys/corp.jwks.json\"\njwks_uri = \"https://login.example.com/keys\"\n",
-        )],
-        key: "issuers.corp.jwks_uri",
-        at: "\"https://login.example.com/keys\"",
-        says: &[
-            "conflicts with jwks_file",
-            "exactly one",
-            "discovery = true",
-        ],
-    });
-}
+    // References by name.
+    unknown_upstream: ["upstream = \"billing\"" => "upstream = \"ordrs\""]
+        key "routes[2].upstream" at "\"ordrs\"",
+        says ["unknown upstream \"ordrs\" (known: orders, billing)"];
+    unknown_issuer: ["issuers = [\"corp\"]" => "issuers = [\"crop\"]"]
+        key "routes[1].issuers" at "\"crop\"", says ["unknown issuer \"crop\" (known: corp)"];
+    unknown_role_in_allow_roles:
+        ["allow_roles = [\"admin\", \"integration\"]" => "allow_roles = [\"admin\", \"integrator\"]"]
+        key "routes[2].allow_roles" at "\"integrator\"",
+        says ["unknown role \"integrator\" (known: data-steward, integration, admin)",
+              "declare it as [roles.integrator]"];
+    unknown_role_in_except_roles: ["except_roles = [\"admin\"]" => "except_roles = [\"admins\"]"]
+        key "routes[1].row_filters[0].except_roles" at "\"admins\"",
+        says ["unknown role \"admins\" (known: data-steward, integration, admin)",
+              "declare it as [roles.admins]"];
 
-#[test]
-fn issuer_with_discovery_and_jwks_file() {
-    assert_defect(&Defect {
-        edits: &[(
-            JWKS_FILE,
-            "discovery = true\njwks_file = \"keys/corp.jwks.json\"\n",
-        )],
-        key: "issuers.corp.jwks_file",
-        at: "\"keys/corp.jwks.json\"",
-        says: &[
-            "conflicts with discovery",
-            "exactly one",
-            "remove the other",
-        ],
-    });
+    // Routes.
+    duplicate_route_name: ["name = \"billing\"" => "name = \"orders-read\"\n# dup"]
+        key "routes[2].name" at "\"orders-read\"\n# dup",
+        says ["duplicate route name \"orders-read\" (also routes[1])", "must be unique"];
+    route_shadowed_by_same_prefix_and_methods: [LAST => concat!(
+        "value = \"tenant={claims.org.tenant};by={sub}\"\n\n[[routes]]\nname = \"billing-get\"\n",
+        "path_prefix = \"/billing\"\nmethods = [\"GET\"]\nupstream = \"billing\"\n")]
+        key "routes[3]" at "[[routes]]\nname = \"billing-get\"",
+        says ["never reached", "routes[2] (\"billing\")", "move it above routes[2] or narrow it"];
+    route_shadowed_by_earlier_prefix_with_covering_methods: [LAST => concat!(
+        "value = \"tenant={claims.org.tenant};by={sub}\"\n\n[[routes]]\nname = \"order-items\"\n",
+        "path_prefix = \"/orders/items\"\nmethods = [\"HEAD\"]\nupstream = \"orders\"\n")]
+        key "routes[3]" at "[[routes]]\nname = \"order-items\"",
+        says ["never reached", "routes[1] (\"orders-read\")", "narrow it"];
+    bad_auth_mode: ["auth = \"none\"" => "auth = \"maybe\""]
+        key "routes[0].auth" at "\"maybe\"", says ["\"maybe\"", "use \"required\" or \"none\""];
+
+    // Row filters: placeholders and headers.
+    placeholder_claim_singular: [ROW_VALUE => "value = \"region={claim.region}\""]
+        key "routes[1].row_filters[0].value" at "\"region={claim.region}\"",
+        says ["unknown placeholder {claim.region}",
+              "use one of {claims.PATH}, {sub}, {client_id}, {roles}, {issuer}"];
+    placeholder_user: [ROW_VALUE => "value = \"u={user}\""]
+        key "routes[1].row_filters[0].value" at "\"u={user}\"",
+        says ["unknown placeholder {user}", "use one of {claims.PATH}"];
+    placeholder_unclosed: [ROW_VALUE => "value = \"region={claims.region\""]
+        key "routes[1].row_filters[0].value" at "\"region={claims.region\"",
+        says ["unclosed '{'", "{claims.PATH}"];
+    placeholder_empty_claim_path: [ROW_VALUE => "value = \"r={claims.}\""]
+        key "routes[1].row_filters[0].value" at "\"r={claims.}\"",
+        says ["unknown placeholder {claims.}"];
+    row_filter_header_connection: [ROW_HEADER => "header = \"Connection\""]
+        key "routes[1].row_filters[0].header" at "\"Connection\"",
+        says ["\"Connection\" is a hop-by-hop header", "pick another name"];
+    row_filter_header_transfer_encoding: [ROW_HEADER => "header = \"Transfer-Encoding\""]
+        key "routes[1].row_filters[0].header" at "\"Transfer-Encoding\"",
+        says ["\"Transfer-Encoding\" is a hop-by-hop header", "pick another name"];
+    row_filter_header_identity: [ROW_HEADER => "header = \"X-Auth-Roles\""]
+        key "routes[1].row_filters[0].header" at "\"X-Auth-Roles\"",
+        says ["\"X-Auth-Roles\" is an identity header", "pick another name"];
+    row_filter_header_x_forwarded_for: [ROW_HEADER => "header = \"X-Forwarded-For\""]
+        key "routes[1].row_filters[0].header" at "\"X-Forwarded-For\"",
+        says ["\"X-Forwarded-For\" is a header gatehouse sets", "pick another name"];
+    row_filter_header_twice_on_a_route: [LAST => concat!(
+        "value = \"tenant={claims.org.tenant};by={sub}\"\n\n",
+        "[[routes.row_filters]]\nheader = \"x-tenant\"\nvalue = \"{sub}\"\n")]
+        key "routes[2].row_filters[1].header" at "\"x-tenant\"", says ["twice"];
+
+    // Certificate and key files.
+    cert_file_unreadable: ["cert = \"../certs/server.crt\"" => "cert = \"../certs/missing.crt\""]
+        key "server.cert" at "\"../certs/missing.crt\"",
+        says ["cannot read", "missing.crt", "point it at a PEM certificate chain"];
+    key_file_unreadable: ["key = \"../certs/server.key\"" => "key = \"../certs/missing.key\""]
+        key "server.key" at "\"../certs/missing.key\"",
+        says ["cannot read", "missing.key", "point it at the PEM private key"];
+    key_does_not_match_cert: ["key = \"../certs/server.key\"" => "key = \"../certs/backend.key\""]
+        key "server.key" at "\"../certs/backend.key\"",
+        says ["does not match", "use the key that was issued with this certificate"];
+    upstream_client_key_does_not_match_cert:
+        [ORDERS_KEY => "client_key = \"../certs/server.key\"\nconnect_timeout_ms"]
+        key "upstreams.orders.client_key" at "\"../certs/server.key\"\nconnect",
+        says ["does not match", "use the key that was issued"];
+    cert_not_pem: ["cert = \"../certs/server.crt\"" => "cert = \"../certs/not-pem.crt\""]
+        key "server.cert" at "\"../certs/not-pem.crt\"",
+        says ["not-pem.crt", "no CERTIFICATE block", "PEM"];
+    key_not_pem: ["key = \"../certs/server.key\"" => "key = \"../certs/not-pem.key\""]
+        key "server.key" at "\"../certs/not-pem.key\"", says ["not-pem.key", "no PRIVATE KEY block"];
+    upstream_ca_not_pem: [ORDERS_CA => "sni = \"localhost\"\nca = \"../certs/not-pem.crt\""]
+        key "upstreams.orders.ca" at "\"../certs/not-pem.crt\"",
+        says ["not-pem.crt", "point it at a PEM CA certificate"];
+
+    // Secrets.
+    inline_secret: [PSEUDONYM => "pseudonym_key = \"abc\""]
+        key "audit.pseudonym_key" at "\"abc\"",
+        says ["inline secrets are not allowed", "{ env = \"NAME\" } or { file = \"path\" }"];
+    inline_introspection_secret: ["leeway_s = 30\n" => concat!("leeway_s = 30\nintrospection = ",
+        "{ url = \"https://login.example.com/i\", client_id = \"gh\", client_secret = \"s3\" }\n")]
+        key "issuers.corp.introspection.client_secret" at "\"s3\"", says ["inline secrets"];
+    env_secret_unset: [PSEUDONYM => "pseudonym_key = { env = \"GATEHOUSE_CHECK_TEST_UNSET\" }"]
+        key "audit.pseudonym_key" at "{ env",
+        says ["GATEHOUSE_CHECK_TEST_UNSET is not set", "export it"];
+    secret_with_env_and_file: [PSEUDONYM => "pseudonym_key = { env = \"HOME\", file = \"p.key\" }"]
+        key "audit.pseudonym_key" at "{ env", says ["exactly one of"];
+    secret_file_unreadable: [PSEUDONYM => "pseudonym_key = { file = \"nope.key\" }"]
+        key "audit.pseudonym_key" at "{ file", says ["cannot read secret file", "nope.key"];
+
+    // Issuers.
+    issuer_without_key_source: [JWKS_FILE => ""]
+        key "issuers.corp" at "[issuers.corp]",
+        says ["no key source", "exactly one of discovery = true, jwks_uri", "jwks_file"];
+    issuer_with_jwks_file_and_jwks_uri:
+        [JWKS_FILE => "jwks_file = \"keys/corp.jwks.json\"\njwks_uri = \"https://idp/keys\"\n"]
+        key "issuers.corp.jwks_uri" at "\"https://idp/keys\"",
+        says ["conflicts with jwks_file", "exactly one key source", "remove the other"];
+    issuer_with_discovery_and_jwks_file:
+        [JWKS_FILE => "discovery = true\njwks_file = \"keys/corp.jwks.json\"\n"]
+        key "issuers.corp.jwks_file" at "\"keys/corp.jwks.json\"",
+        says ["conflicts with discovery", "exactly one key source"];
+    issuer_jwks_file_missing: [JWKS_FILE => "jwks_file = \"keys/gone.json\"\n"]
+        key "issuers.corp.jwks_file" at "\"keys/gone.json\"", says ["cannot read", "gone.json"];
+    issuer_jwks_uri_plain_http: [JWKS_FILE => "jwks_uri = \"http://idp/keys\"\n"]
+        key "issuers.corp.jwks_uri" at "\"http://idp/keys\"", says ["must be an https:// URL"];
+    issuer_algorithm_hs256: [ALGS => "algorithms = [\"ES256\", \"HS256\"]"]
+        key "issuers.corp.algorithms" at "\"HS256\"",
+        says ["\"HS256\" is not allowed", "only asymmetric JWS algorithms"];
+    issuer_algorithm_none: [ALGS => "algorithms = [\"none\"]"]
+        key "issuers.corp.algorithms" at "\"none\"]", says ["\"none\" is not allowed"];
+    issuer_empty_audiences: ["audiences = [\"api://orders\"]" => "audiences = []"]
+        key "issuers.corp.audiences" at "[]", says ["must list at least one audience"];
+    issuer_not_https: ["issuer = \"https://login.example.com/tenant\"" => "issuer = \"idp.example\""]
+        key "issuers.corp.issuer" at "\"idp.example\"", says ["must be an https:// URL"];
+
+    // Listeners and TLS.
+    bad_listen_address: ["listen = \"127.0.0.1:8443\"" => "listen = \"localhost:8443x\""]
+        key "server.listen" at "\"localhost:8443x\"",
+        says ["not an IP:port address", "write e.g. \"0.0.0.0:8443\""];
+    bad_admin_listen_address: ["listen = \"127.0.0.1:9900\"" => "listen = \"127.0.0.1\""]
+        key "admin.listen" at "\"127.0.0.1\"", says ["not an IP:port address"];
+    bad_tls_min_version: ["tls_min_version = \"1.2\"" => "tls_min_version = \"1.1\""]
+        key "server.tls_min_version" at "\"1.1\"",
+        says ["\"1.1\" is not supported", "use \"1.2\" or \"1.3\""];
 }
 
 #[test]
@@ -945,138 +672,50 @@ fn issuer_with_discovery_false_and_jwks_file_is_fine() {
     fx.load_ok(&edit(
         BASE,
         JWKS_FILE,
-        "discovery = false\njwks_file = \"keys/corp.jwks.json\"\n",
+        &format!("discovery = false\n{JWKS_FILE}"),
     ));
 }
 
 #[test]
-fn issuer_jwks_file_missing() {
-    assert_defect(&Defect {
-        edits: &[(JWKS_FILE, "jwks_file = \"keys/gone.json\"\n")],
-        key: "issuers.corp.jwks_file",
-        at: "\"keys/gone.json\"",
-        says: &["cannot read", "gone.json"],
-    });
+fn narrower_route_after_broader_one_with_other_methods_is_fine() {
+    let fx = Fixture::new();
+    let more = concat!(
+        "\n[[routes]]\nname = \"order-items\"\npath_prefix = \"/orders/items\"\n",
+        "methods = [\"GET\", \"POST\"]\nupstream = \"orders\"\n\n",
+        "[[routes]]\nname = \"ordersx\"\npath_prefix = \"/ordersx\"\nupstream = \"orders\"\n"
+    );
+    let rt = fx.load_ok(&format!("{BASE}{more}"));
+    assert_eq!(rt.routes.len(), 5);
 }
 
 #[test]
-fn issuer_jwks_uri_plain_http() {
-    assert_defect(&Defect {
-        edits: &[(JWKS_FILE, "jwks_uri = \"http://login.example.com/keys\"\n")],
-        key: "issuers.corp.jwks_uri",
-        at: "\"http://login.example.com/keys\"",
-        says: &["https://"],
-    });
-}
-
-#[test]
-fn issuer_algorithm_hs256() {
-    assert_defect(&Defect {
-        edits: &[(
-            "algorithms = [\"ES256\", \"RS256\"]",
-            "algorithms = [\"ES256\", \"HS256\"]",
-        )],
-        key: "issuers.corp.algorithms",
-        at: "\"HS256\"",
-        says: &["\"HS256\" is not allowed", "asymmetric"],
-    });
-}
-
-#[test]
-fn issuer_algorithm_none() {
-    assert_defect(&Defect {
-        edits: &[(
-            "algorithms = [\"ES256\", \"RS256\"]",
-            "algorithms = [\"none\"]",
-        )],
-        key: "issuers.corp.algorithms",
-        at: "\"none\"]",
-        says: &["\"none\" is not allowed", "asymmetric"],
-    });
-}
-
-#[test]
-fn issuer_empty_audiences() {
-    assert_defect(&Defect {
-        edits: &[("audiences = [\"api://orders\"]", "audiences = []")],
-        key: "issuers.corp.audiences",
-        at: "[]",
-        says: &["at least one audience"],
-    });
-}
-
-#[test]
-fn issuer_not_https() {
-    assert_defect(&Defect {
-        edits: &[(
-            "issuer = \"https://login.example.com/tenant\"",
-            "issuer = \"login.example.com/tenant\"",
-        )],
-        key: "issuers.corp.issuer",
-        at: "\"login.example.com/tenant\"",
-        says: &["https://"],
-    });
-}
-
-#[test]
-fn bad_listen_address() {
-    assert_defect(&Defect {
-        edits: &[(
-            "listen = \"127.0.0.1:8443\"",
-            "listen = \"localhost:8443x\"",
-        )],
-        key: "server.listen",
-        at: "\"localhost:8443x\"",
-        says: &["not an IP:port", "0.0.0.0:8443"],
-    });
-}
-
-#[test]
-fn bad_admin_listen_address() {
-    assert_defect(&Defect {
-        edits: &[("listen = \"127.0.0.1:9900\"", "listen = \"127.0.0.1\"")],
-        key: "admin.listen",
-        at: "\"127.0.0.1\"",
-        says: &["not an IP:port"],
-    });
-}
-
-#[test]
-fn bad_tls_min_version() {
-    assert_defect(&Defect {
-        edits: &[("tls_min_version = \"1.2\"", "tls_min_version = \"1.1\"")],
-        key: "server.tls_min_version",
-        at: "\"1.1\"",
-        says: &["\"1.1\"", "use \"1.2\" or \"1.3\""],
-    });
-}
-
-#[test]
-fn bad_auth_mode() {
-    assert_defect(&Defect {
-        edits: &[("auth = \"none\"", "auth = \"maybe\"")],
-        key: "routes[0].auth",
-        at: "\"maybe\"",
-        says: &["\"maybe\"", "use \"required\" or \"none\""],
-    });
-}
-
-#[test]
-fn wrong_value_type_names_the_key() {
-    assert_defect(&Defect {
-        edits: &[("threads = 2", "threads = \"two\"")],
-        key: "server.threads",
-        at: "\"two\"",
-        says: &["invalid type"],
-    });
-}
-
-#[test]
-fn missing_required_key_names_the_key() {
-    assert_defect(&Defect {
-        edits: &[("upstream = \"billing\"\n", "")],
-        key: "routes[2].upstream",
-        at: "[[routes]]\nname = \"billing\"",
-        says: &["missing", "upstream"],
-    });
+fn expired_certificate_is_an_error() {
+    let fx = Fixture::new();
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86400);
+    let old = fx
+        .pki
+        .issue_with_validity("localhost", &["localhost"], false, now - 9 * day, now - day)
+        .unwrap();
+    std::fs::write(fx.root().join("certs/old.crt"), &old.cert_pem).unwrap();
+    std::fs::write(fx.root().join("certs/old.key"), &old.key_pem).unwrap();
+    let mut cfg = edit(
+        BASE,
+        "cert = \"../certs/server.crt\"",
+        "cert = \"../certs/old.crt\"",
+    );
+    cfg = edit(
+        &cfg,
+        "key = \"../certs/server.key\"",
+        "key = \"../certs/old.key\"",
+    );
+    let (_, errors) = fx.errors(&cfg);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key, "server.cert");
+    assert_eq!(
+        (errors[0].line, errors[0].col),
+        position(&cfg, "\"../certs/old.crt\"")
+    );
+    assert!(errors[0].message.contains("expired"), "{}", errors[0]);
+    assert!(errors[0].message.contains("renew it"), "{}", errors[0]);
 }

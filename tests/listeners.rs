@@ -328,7 +328,6 @@ fn tls13_floor_refuses_tls12_in_a_separate_process() {
     assert_eq!(status_of(&resp), 200, "{resp}");
     assert!(resp.contains("\"path\":\"/public\""), "{resp}");
 
-    std::thread::sleep(Duration::from_millis(1000)); // DEBUG
     // SIGTERM: drain and exit 0.
     assert_eq!(unsafe { libc::kill(p.pid(), libc::SIGTERM) }, 0);
     let code = p.wait_exit(Duration::from_secs(20));
@@ -503,4 +502,28 @@ fn serve_with_https_port_in_use_exits_2_naming_the_address() {
         "the message names {}:\n{stderr}",
         env.https
     );
+}
+
+#[test]
+fn signals_right_after_the_listener_is_up_are_handled() {
+    // The handlers must be in place before the listener accepts: a SIGTERM then drains
+    // and exits 0, a SIGHUP reloads instead of killing the process (default action).
+    let env = unstarted("");
+    for i in 0..4 {
+        let mut p = Proc::serve(&env, &format!("early{i}.stderr"));
+        p.wait_listening(env.https);
+        if i % 2 == 1 {
+            assert_eq!(unsafe { libc::kill(p.pid(), libc::SIGHUP) }, 0);
+            let (_, _, resp) = tls_exchange(
+                &env,
+                tls_client(&env, &[&rustls::version::TLS13], &[b"http/1.1"]),
+                Some(GET_PUBLIC),
+            )
+            .unwrap_or_else(|e| panic!("attempt {i}: {e}; stderr:\n{}", p.stderr()));
+            assert_eq!(status_of(&resp.unwrap()), 200, "attempt {i}");
+        }
+        assert_eq!(unsafe { libc::kill(p.pid(), libc::SIGTERM) }, 0);
+        let code = p.wait_exit(Duration::from_secs(20));
+        assert_eq!(code, Some(0), "attempt {i}; stderr:\n{}", p.stderr());
+    }
 }

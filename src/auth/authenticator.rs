@@ -195,11 +195,36 @@ impl Authenticator {
             .iss()
             .and_then(|iss| self.by_iss.get(iss))
             .ok_or_else(|| wrong_issuer("issuer not trusted"))?;
-        let issuer = same_iss
+        // Several configs may share one `iss` (e.g. different audiences): the token is
+        // good when it passes under any of those the route accepts, in config order; if
+        // none accepts it, the first config's answer is the one reported.
+        let mut first_err = None;
+        for issuer in same_iss
             .iter()
             .map(|&i| &self.issuers[i])
-            .find(|i| allowed(allowed_issuers, &i.settings.name))
-            .ok_or_else(|| wrong_issuer("issuer not accepted on this route"))?;
+            .filter(|i| allowed(allowed_issuers, &i.settings.name))
+        {
+            match Self::verify_with(issuer, &u).await {
+                Ok(exp) => {
+                    let settings = &issuer.settings;
+                    return Ok(Identity::from_claims(
+                        settings,
+                        settings.issuer.clone(),
+                        exp,
+                        serde_json::Value::Object(u.payload),
+                    ));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_err.unwrap_or_else(|| wrong_issuer("issuer not accepted on this route")))
+    }
+
+    /// Algorithm, key, signature and claims of a decoded JWT under one issuer config.
+    /// Returns `exp`.
+    async fn verify_with(issuer: &Issuer, u: &jwt::Unverified<'_>) -> Result<u64, AuthError> {
         let settings = &issuer.settings;
         if !settings.algorithms.contains(&u.alg) {
             return Err(AuthError::new(
@@ -226,7 +251,7 @@ impl Authenticator {
             }
         }
         match jwt::pick_keys(&keys, u.alg, u.kid.as_deref()) {
-            KeyPick::Found(candidates) => jwt::check_signature(&u, &candidates)?,
+            KeyPick::Found(candidates) => jwt::check_signature(u, &candidates)?,
             KeyPick::Misfit => {
                 return Err(AuthError::new(
                     DenyReason::DisallowedAlgorithm,
@@ -240,13 +265,7 @@ impl Authenticator {
                 ))
             }
         }
-        let exp = jwt::check_claims(&u.payload, settings, jwt::now())?;
-        Ok(Identity::from_claims(
-            settings,
-            settings.issuer.clone(),
-            exp,
-            serde_json::Value::Object(u.payload),
-        ))
+        jwt::check_claims(&u.payload, settings, jwt::now())
     }
 
     /// Opaque tokens: ask the issuers with introspection that the route accepts, in config

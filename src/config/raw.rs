@@ -225,8 +225,8 @@ pub fn parse(src: &str) -> Result<RawConfig, ParseError> {
         } else {
             (msg, None)
         };
-        // A key missing from the document itself is reported over the whole file.
-        let at_root = span.start == 0 && span.end >= src.trim_end().len();
+        // A key missing from the document itself comes with an empty span at 0.
+        let at_root = span == (0..0);
         let key = match field {
             Some(f) if at_root && message.starts_with("missing field") => f.to_string(),
             _ => key_path(src, span.start, field),
@@ -402,7 +402,6 @@ mod tests {
     #[test]
     fn missing_keys_are_named_with_their_table() {
         let e = err("[admin]\nlisten = \"127.0.0.1:1\"\n");
-        eprintln!("SPAN {:?}", e.span);
         assert_eq!(e.key, "server");
         assert!(
             e.message.contains("missing field `server`"),

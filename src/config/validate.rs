@@ -46,6 +46,19 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-auth-issuer",
 ];
 
+/// The hop-by-hop part of [`RESERVED_HEADERS`] (RFC 9110 section 7.6.1 and friends).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 const DEFAULT_ALGS: &[&str] = &["RS256", "PS256", "ES256", "EdDSA"];
 const WARN_EXPIRY_DAYS: i64 = 30;
 
@@ -1017,7 +1030,21 @@ impl<'a> Validator<'a> {
                 let hname = fr.header.get_ref().to_ascii_lowercase();
                 let header = match HeaderName::from_bytes(hname.as_bytes()) {
                     Ok(h) if RESERVED_HEADERS.contains(&hname.as_str()) => {
-                        self.err(fr.header.span(), fk("header"), format!("{:?} is a hop-by-hop, identity or gatehouse-managed header; pick another name (e.g. X-Row-Filter)", fr.header.get_ref()));
+                        let kind = if HOP_BY_HOP.contains(&hname.as_str()) {
+                            "a hop-by-hop header (never forwarded)"
+                        } else if IDENTITY_HEADERS.contains(&hname.as_str()) {
+                            "an identity header (gatehouse sets it from the token)"
+                        } else {
+                            "a header gatehouse sets or relies on"
+                        };
+                        self.err(
+                            fr.header.span(),
+                            fk("header"),
+                            format!(
+                                "{:?} is {kind}; pick another name (e.g. X-Row-Filter)",
+                                fr.header.get_ref()
+                            ),
+                        );
                         ok = false;
                         Some(h)
                     }
@@ -1058,9 +1085,10 @@ impl<'a> Validator<'a> {
                             role.span(),
                             fk("except_roles"),
                             format!(
-                                "unknown role {:?} (known: {})",
+                                "unknown role {:?} (known: {}); declare it as [roles.{}]",
                                 role.get_ref(),
-                                known(role_names.clone())
+                                known(role_names.clone()),
+                                role.get_ref()
                             ),
                         );
                         ok = false;

@@ -61,7 +61,9 @@ impl Access {
 
     /// The access a method belongs to (`None` for methods outside both sets).
     pub fn of_method(method: &str) -> Option<Access> {
-        Access::ALL.into_iter().find(|a| a.methods().contains(&method))
+        Access::ALL
+            .into_iter()
+            .find(|a| a.methods().contains(&method))
     }
 }
 
@@ -129,9 +131,7 @@ impl FindingKind {
         match self {
             FindingKind::PublicUpdate => "update on a public route",
             FindingKind::UpdateWithoutMfa => "update without MFA",
-            FindingKind::UpdateOpenToAnyAuthenticated => {
-                "update open to any authenticated caller"
-            }
+            FindingKind::UpdateOpenToAnyAuthenticated => "update open to any authenticated caller",
             FindingKind::RoleGrantsNothing => "role grants nothing",
             FindingKind::RoleClaimOnly => "role only a token claim can grant",
             FindingKind::RouteShadowed => "route shadowed",
@@ -185,9 +185,7 @@ impl std::str::FromStr for Format {
             "text" => Ok(Format::Text),
             "csv" => Ok(Format::Csv),
             "md" | "markdown" => Ok(Format::Md),
-            other => Err(format!(
-                "unknown format {other:?}; use text, csv or md"
-            )),
+            other => Err(format!("unknown format {other:?}; use text, csv or md")),
         }
     }
 }
@@ -294,7 +292,13 @@ pub fn cell(rt: &Runtime, route: &Route, role: Option<&str>, access: Access) -> 
                 .row_filters
                 .iter()
                 .filter(|f| grant.headers.iter().any(|(h, _)| *h == f.header))
-                .map(|f| format!("{}={}", display_header(f.header.as_str()), f.template.source()))
+                .map(|f| {
+                    format!(
+                        "{}={}",
+                        display_header(f.header.as_str()),
+                        f.template.source()
+                    )
+                })
                 .collect();
         }
         Err(err) => {
@@ -386,7 +390,10 @@ fn findings(rt: &Runtime, roles: &[String]) -> Vec<Finding> {
                     FindingKind::PublicUpdate,
                     subject.clone(),
                     r.line,
-                    format!("route {:?} accepts {ms} without any token (auth = \"none\")", r.name),
+                    format!(
+                        "route {:?} accepts {ms} without any token (auth = \"none\")",
+                        r.name
+                    ),
                 );
             } else {
                 if !r.require_mfa {
@@ -433,12 +440,18 @@ fn findings(rt: &Runtime, roles: &[String]) -> Vec<Finding> {
                 subject,
                 r.line,
                 format!(
-                    "route {:?} {what}: earlier route {} matches those requests first",
+                    "route {:?} {what}: {} {} {} those requests first",
                     r.name,
+                    if by.len() == 1 {
+                        "earlier route"
+                    } else {
+                        "earlier routes"
+                    },
                     by.iter()
                         .map(|n| format!("{n:?}"))
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(" and "),
+                    if by.len() == 1 { "matches" } else { "match" },
                 ),
             );
         }

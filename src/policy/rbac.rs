@@ -53,6 +53,30 @@ pub fn roles_of(id: &Identity, roles: &IndexMap<String, RoleSettings>) -> Vec<Ro
     out
 }
 
+/// Who a verified caller is, kept with a denial for the audit log.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub iss: String,
+    pub sub: Option<String>,
+    pub client_id: Option<String>,
+    /// Sorted.
+    pub roles: Vec<String>,
+}
+
+impl Caller {
+    pub fn of(id: &Identity, roles_cfg: &IndexMap<String, RoleSettings>) -> Caller {
+        Caller {
+            iss: id.iss.clone(),
+            sub: id.sub.clone(),
+            client_id: id.client_id.clone(),
+            roles: roles_of(id, roles_cfg)
+                .into_iter()
+                .map(|g| g.role)
+                .collect(),
+        }
+    }
+}
+
 /// An allowed request: who, and what to tell the backend.
 #[derive(Clone, Debug)]
 pub struct Grant {

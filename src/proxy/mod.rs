@@ -37,23 +37,28 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::admin::metrics;
+use crate::audit::{AuditLog, AuditRecord};
 use crate::config::Upstream;
 use crate::gate::{Live, Outcome};
+use crate::policy::rbac::Caller;
 use crate::policy::route::{self, Route};
 use problem::Problem;
 
-/// State shared by every request and swapped on reload.
+/// State shared by every request; `live` is swapped on reload.
 pub struct Shared {
     pub live: ArcSwap<Live>,
     /// Requests in flight (for draining on SIGTERM).
     pub inflight: AtomicUsize,
+    /// One line per request that reached a route (SPEC section 5).
+    pub audit: AuditLog,
 }
 
 impl Shared {
-    pub fn new(live: Live) -> Arc<Self> {
+    pub fn new(live: Live, audit: AuditLog) -> Arc<Self> {
         Arc::new(Shared {
             live: ArcSwap::from_pointee(live),
             inflight: AtomicUsize::new(0),
+            audit,
         })
     }
 }
@@ -79,6 +84,8 @@ pub struct Ctx {
     pub route: Option<Arc<Route>>,
     pub request_id: String,
     pub outcome: Option<Outcome>,
+    /// A verified caller that was denied (for the audit line).
+    caller: Option<Arc<Caller>>,
     upstream: Option<Arc<Upstream>>,
     addr_index: usize,
     tries: usize,
@@ -133,6 +140,52 @@ fn host_of(req: &RequestHeader) -> Option<String> {
 }
 
 impl Gateway {
+    /// The audit line of a request that reached a route. The subject is pseudonymised;
+    /// the path loses its query string.
+    fn audit_record(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        route: &Route,
+        status: u16,
+    ) -> AuditRecord {
+        let req = session.req_header();
+        let mut rec = AuditRecord::new(
+            ctx.request_id.clone(),
+            route.name.clone(),
+            req.method.as_str().to_string(),
+            req.uri.path(),
+        );
+        rec.status = status;
+        rec.duration_ms = ctx.start.elapsed().as_millis() as u64;
+        let who = |iss: &str, sub: Option<&String>| {
+            sub.map(|s| self.shared.audit.pseudonymizer().subject(iss, s))
+        };
+        match &ctx.outcome {
+            Some(Outcome::Allow(g)) => {
+                rec.decision = "allow";
+                rec.subject = who(&g.iss, g.subject.as_ref());
+                rec.client_id = g.client_id.clone();
+                rec.roles = g.roles.clone();
+                rec.upstream = Some(route.upstream.clone());
+            }
+            Some(Outcome::Deny(e)) => {
+                rec.decision = "deny";
+                rec.reason = Some(e.reason.as_str());
+                if let Some(c) = &ctx.caller {
+                    rec.subject = who(&c.iss, c.sub.as_ref());
+                    rec.client_id = c.client_id.clone();
+                    rec.roles = c.roles.clone();
+                }
+            }
+            Some(Outcome::Public) | None => {
+                rec.decision = "public";
+                rec.upstream = Some(route.upstream.clone());
+            }
+        }
+        rec
+    }
+
     async fn respond(&self, session: &mut Session, ctx: &mut Ctx, p: &Problem) -> Result<()> {
         let body = p.body(&ctx.request_id);
         let mut resp = ResponseHeader::build(p.status, Some(8))?;
@@ -177,6 +230,7 @@ impl ProxyHttp for Gateway {
             route: None,
             request_id: String::new(),
             outcome: None,
+            caller: None,
             upstream: None,
             addr_index: 0,
             tries: 0,
@@ -212,8 +266,9 @@ impl ProxyHttp for Gateway {
             .headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes().to_vec());
-        let outcome = live.decide(&route, authz.as_deref()).await;
+        let (outcome, caller) = live.decide_with_caller(&route, authz.as_deref()).await;
         ctx.outcome = Some(outcome.clone());
+        ctx.caller = caller;
         match outcome {
             Outcome::Deny(e) => {
                 metrics::AUTH_DECISIONS_TOTAL
@@ -427,6 +482,10 @@ impl ProxyHttp for Gateway {
         metrics::REQUEST_DURATION
             .with_label_values(&[route])
             .observe(ctx.start.elapsed().as_secs_f64());
+        if let Some(r) = &ctx.route {
+            let rec = self.audit_record(session, ctx, r, status);
+            self.shared.audit.write(rec).await;
+        }
         if let (Some(up), Some(t)) = (&ctx.upstream, ctx.upstream_start) {
             let ustatus = ctx.upstream_status.unwrap_or(502);
             metrics::UPSTREAM_REQUESTS_TOTAL

@@ -174,6 +174,10 @@ threads = 2
 [admin]
 listen = "127.0.0.1:{admin_port}"
 
+[audit]
+path = "audit"
+pseudonym_key = {{ file = "pseudonym.key" }}
+
 [issuers.corp]
 issuer = "{issuer}"
 discovery = true
@@ -204,6 +208,7 @@ read_timeout_ms = 1500
         );
         let config = dir.path().join("gatehouse.toml");
         std::fs::write(&config, text).unwrap();
+        std::fs::write(dir.path().join("pseudonym.key"), "test-pseudonym-key").unwrap();
         let mut env = Env {
             dir,
             pki,
@@ -325,6 +330,23 @@ read_timeout_ms = 1500
         })
     }
 
+    /// Every audit line written so far (flushes first).
+    pub fn audit_lines(&self) -> Vec<Value> {
+        let audit = self.gw().shared.audit.clone();
+        self.gw().io().block_on(audit.flush());
+        let mut out = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(self.dir.path().join("audit"))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        for f in files {
+            for line in std::fs::read_to_string(f).unwrap().lines() {
+                out.push(serde_json::from_str(line).expect("audit lines are JSON"));
+            }
+        }
+        out
+    }
+
     pub fn metrics(&self) -> String {
         self.block_on(async {
             reqwest::get(self.admin_url("/metrics"))
@@ -417,4 +439,36 @@ pub fn raw_request(env: &Env, request: &str) -> String {
         let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
         String::from_utf8_lossy(&out).into_owned()
     })
+}
+
+/// Sum of the samples of metric `name` (exact series name, e.g.
+/// `gatehouse_auth_decisions_total`) in Prometheus text `text` whose labels include every
+/// `(key, value)` pair of `labels`; 0 when none matches.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        let pairs: Vec<(&str, &str)> = label_text
+            .split("\",")
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim_matches('"')))
+            .collect();
+        if labels.iter().all(|want| pairs.contains(want)) {
+            sum += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    sum
 }

@@ -1,0 +1,1093 @@
+//! `gatehouse explain`: one request dry-run through the real routing, authentication and
+//! authorization code, without a backend, printing every step (SPEC section 6).
+//!
+//! - Routing: [`route::check_path`] and [`route::find`], as the proxy calls them.
+//! - `--token`: an [`Authenticator`] built from the config on a private tokio runtime,
+//!   fetching keys from each issuer's configured source (JWKS file, `jwks_uri`, discovery)
+//!   and verifying with [`Authenticator::verify`]. An issuer that cannot be reached ends
+//!   as `issuer_unavailable` (503), never a crash.
+//! - `--claims`: the claims are taken as already verified except for what the verifier
+//!   checks after the signature: `iss`, `aud`, `exp`, `nbf`/`iat` with the issuer's
+//!   leeway. The auth module keeps those checks private (`auth::jwt::check_claims`), so
+//!   [`check_claims`] here repeats them, same order, same reasons; the signature and
+//!   issuer-key checks are skipped and the output says so.
+//! - Roles with their source ([`rbac::roles_of`]), the decision and the row-filter
+//!   headers ([`rbac::decide`], percent-encoding included), the status the client gets.
+//!
+//! The token is never printed back: [`redact`] keeps 8 characters and the length.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+
+use crate::auth::{AuthError, Authenticator, DenyReason, Identity, IssuerSettings, KeySource};
+use crate::config::Runtime;
+use crate::policy::rbac::{self, RoleGrant, RoleSource};
+use crate::policy::route::{self, AuthMode, Route};
+
+/// Exit code when the request would be forwarded.
+pub const EXIT_FORWARDED: i32 = 0;
+/// Exit code on bad input (config, URL, claims file, arguments).
+pub const EXIT_BAD_INPUT: i32 = 1;
+/// Exit code when the gateway would refuse the request.
+pub const EXIT_REFUSED: i32 = 3;
+
+/// What the caller presents.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    /// A bearer token, verified like the gateway does (keys from the issuer's source).
+    Token(String),
+    /// Claims of an already-verified token (signature and key checks skipped).
+    Claims(Value),
+}
+
+/// Knobs of one run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long to wait for an issuer's keys before calling it unavailable.
+    pub key_wait: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            key_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Result of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckResult {
+    Pass,
+    Fail,
+    Skipped,
+    NotReached,
+}
+
+impl CheckResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckResult::Pass => "pass",
+            CheckResult::Fail => "fail",
+            CheckResult::Skipped => "skipped",
+            CheckResult::NotReached => "not_reached",
+        }
+    }
+}
+
+/// One token or authorization check, in the order the gateway runs them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub result: CheckResult,
+    pub detail: String,
+}
+
+/// The whole dry run.
+#[derive(Clone, Debug)]
+pub struct Explanation {
+    pub method: String,
+    pub host: Option<String>,
+    pub path: String,
+    /// Why the path was refused (400), if it was.
+    pub path_refused: Option<String>,
+    pub route: Option<Arc<Route>>,
+    /// Why each route did not match, when none did.
+    pub near_misses: Vec<String>,
+    /// The credential as shown: a redacted token or "claims".
+    pub credential: String,
+    pub token_checks: Vec<Check>,
+    pub roles: Vec<RoleGrant>,
+    pub authz_checks: Vec<Check>,
+    /// `allow`, `deny` or `public`.
+    pub decision: &'static str,
+    /// SPEC deny reason (`no_route` and `bad_path` for the gateway's own 404 / 400).
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+    /// Identity and row-filter headers, values as the backend would get them.
+    pub headers: Vec<(String, String)>,
+    pub status: u16,
+    pub forwarded: bool,
+}
+
+/// `eyJhbGci…(812 chars)`: enough to tell tokens apart, useless to replay.
+pub fn redact(token: &str) -> String {
+    let head: String = token.chars().take(8).collect();
+    format!("{head}…({} chars)", token.chars().count())
+}
+
+fn check(name: &'static str, result: CheckResult, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        result,
+        detail: detail.into(),
+    }
+}
+
+/// Runs one request through routing, authentication and authorization.
+pub fn explain(
+    rt: &Runtime,
+    method: &str,
+    url: &str,
+    cred: &Credential,
+    opts: &Options,
+) -> Result<Explanation, String> {
+    let (host, path) = split_url(url)?;
+    let method = method.to_ascii_uppercase();
+    if http::Method::from_bytes(method.as_bytes()).is_err() {
+        return Err(format!("{method:?} is not an HTTP method"));
+    }
+    let mut e = Explanation {
+        method: method.clone(),
+        host: host.clone(),
+        path: path.clone(),
+        path_refused: None,
+        route: None,
+        near_misses: Vec::new(),
+        credential: match cred {
+            Credential::Token(t) => format!("token {}", redact(t)),
+            Credential::Claims(_) => {
+                "claims (already verified: signature and issuer-key checks skipped)".into()
+            }
+        },
+        token_checks: Vec::new(),
+        roles: Vec::new(),
+        authz_checks: Vec::new(),
+        decision: "deny",
+        reason: None,
+        detail: None,
+        headers: Vec::new(),
+        status: 0,
+        forwarded: false,
+    };
+    if let Err(why) = route::check_path(&path) {
+        e.path_refused = Some(why.to_string());
+        return Ok(refuse(e, "bad_path", why.to_string(), 400));
+    }
+    let Some(r) = route::find(&rt.routes, host.as_deref(), &path, &method).cloned() else {
+        e.near_misses = near_misses(rt, host.as_deref(), &path, &method);
+        return Ok(refuse(
+            e,
+            "no_route",
+            "no route matches this host, path and method".into(),
+            404,
+        ));
+    };
+    e.route = Some(r.clone());
+    if r.auth == AuthMode::None {
+        e.decision = "public";
+        e.status = 200;
+        e.forwarded = true;
+        return Ok(e);
+    }
+    let verified = match cred {
+        Credential::Token(t) => verify_token(rt, &r, t, opts, &mut e.token_checks),
+        Credential::Claims(c) => verify_claims(rt, &r, c, &mut e.token_checks),
+    };
+    let id = match verified {
+        Ok(id) => id,
+        Err(err) => return Ok(deny(e, err)),
+    };
+    e.roles = rbac::roles_of(&id, &rt.roles);
+    let decided = rbac::decide(&r, &id, &rt.roles);
+    e.authz_checks = authz_checks(&r, &id, &e.roles, decided.as_ref().err());
+    match decided {
+        Ok(grant) => {
+            e.decision = "allow";
+            e.status = 200;
+            e.forwarded = true;
+            e.headers = grant
+                .headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            Ok(e)
+        }
+        Err(err) => Ok(deny(e, err)),
+    }
+}
+
+fn refuse(mut e: Explanation, reason: &str, detail: String, status: u16) -> Explanation {
+    e.decision = "deny";
+    e.reason = Some(reason.to_string());
+    e.detail = Some(detail);
+    e.status = status;
+    e
+}
+
+fn deny(e: Explanation, err: AuthError) -> Explanation {
+    refuse(e, err.reason.as_str(), err.detail, err.reason.status())
+}
+
+/// `https://host[:port]/path?query` or `/path?query` → (host with port, path).
+fn split_url(url: &str) -> Result<(Option<String>, String), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("cannot parse the URL {url:?}: {e}"))?;
+    let path = uri.path().to_string();
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        let Some(a) = uri.authority() else {
+            return Err(format!("the URL {url:?} has no host"));
+        };
+        let host = a.as_str().rsplit('@').next().unwrap_or(a.as_str());
+        return Ok((Some(host.to_string()), path));
+    }
+    if !url.starts_with('/') {
+        return Err(format!(
+            "{url:?} is neither an absolute URL (https://host/path) nor a path (/path)"
+        ));
+    }
+    Ok((None, path))
+}
+
+/// Why each route did not take the request (shown when none did).
+fn near_misses(rt: &Runtime, host: Option<&str>, path: &str, method: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in &rt.routes {
+        let mut why = Vec::new();
+        if let Some(h) = &r.host {
+            let ok = host.is_some_and(|x| route::strip_port(x).eq_ignore_ascii_case(h));
+            if !ok {
+                why.push(format!("host is not {h}"));
+            }
+        }
+        if !route::prefix_matches(&r.path_prefix, path) {
+            why.push(format!("path is not under {}", r.path_prefix));
+        }
+        if !r.serves(method) {
+            let ms = r.methods.as_deref().unwrap_or_default().join(", ");
+            why.push(format!("method {method} not in {ms}"));
+        }
+        out.push(format!("{}: {}", r.name, why.join("; ")));
+    }
+    out
+}
+
+/// The verifier's test for a JWT (three base64url parts, the first two non-empty);
+/// anything else goes to introspection.
+fn looks_like_jwt(token: &str) -> bool {
+    let b64 = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let parts: Vec<&str> = token.split('.').collect();
+    parts.len() == 3 && !parts[0].is_empty() && !parts[1].is_empty() && parts.iter().all(|p| b64(p))
+}
+
+/// Decodes a JWT's header and payload without verifying (display and issuer choice only).
+fn peek(token: &str) -> Option<(Map<String, Value>, Map<String, Value>)> {
+    let mut parts = token.split('.');
+    let (h, p) = (parts.next()?, parts.next()?);
+    parts.next()?;
+    let obj = |s: &str| -> Option<Map<String, Value>> {
+        match serde_json::from_slice(&URL_SAFE_NO_PAD.decode(s).ok()?) {
+            Ok(Value::Object(m)) => Some(m),
+            _ => None,
+        }
+    };
+    Some((obj(h)?, obj(p)?))
+}
+
+fn key_source(s: &IssuerSettings) -> String {
+    match &s.keys {
+        KeySource::Discovery => format!(
+            "discovery {}/.well-known/openid-configuration",
+            s.issuer.trim_end_matches('/')
+        ),
+        KeySource::JwksUri(u) => format!("jwks_uri {u}"),
+        KeySource::JwksFile(p) => format!("jwks_file {}", p.display()),
+    }
+}
+
+const TOKEN_CHECKS: [&str; 9] = [
+    "format",
+    "issuer",
+    "algorithm",
+    "issuer keys",
+    "signing key",
+    "signature",
+    "audience",
+    "expiry",
+    "not before",
+];
+
+/// Which of [`TOKEN_CHECKS`] a verifier error comes from.
+fn failing_check(e: &AuthError) -> usize {
+    let d = e.detail.as_str();
+    match e.reason {
+        DenyReason::WrongIssuer => 1,
+        DenyReason::DisallowedAlgorithm => 2,
+        DenyReason::IssuerUnavailable => 3,
+        DenyReason::UnknownKey => 4,
+        DenyReason::BadSignature => 5,
+        DenyReason::WrongAudience => 6,
+        DenyReason::Expired => 7,
+        DenyReason::NotYetValid => 8,
+        DenyReason::MalformedToken if d.contains("exp") => 7,
+        DenyReason::MalformedToken if d.contains("nbf") || d.contains("iat") => 8,
+        DenyReason::MalformedToken if d.contains("signature") => 5,
+        _ => 0,
+    }
+}
+
+fn fmt_time(t: u64) -> String {
+    chrono::DateTime::from_timestamp(t as i64, 0)
+        .map(|d| d.to_rfc3339())
+        .unwrap_or_else(|| t.to_string())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `--token`: the real verifier, keys from each issuer's configured source.
+fn verify_token(
+    rt: &Runtime,
+    r: &Route,
+    token: &str,
+    opts: &Options,
+    checks: &mut Vec<Check>,
+) -> Result<Identity, AuthError> {
+    let peeked = peek(token);
+    let iss = peeked
+        .as_ref()
+        .and_then(|(_, p)| p.get("iss").and_then(Value::as_str).map(str::to_string));
+    let wait_for: Vec<&IssuerSettings> = rt
+        .issuers
+        .iter()
+        .filter(|i| Some(&i.issuer) == iss.as_ref())
+        .filter(|i| r.issuers.as_ref().is_none_or(|l| l.contains(&i.name)))
+        .collect();
+    let io = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("gatehouse-explain")
+        .enable_all()
+        .build()
+    {
+        Ok(io) => io,
+        Err(e) => {
+            return Err(AuthError::new(
+                DenyReason::IssuerUnavailable,
+                format!("cannot start the key-fetching runtime: {e}"),
+            ))
+        }
+    };
+    let auth = Authenticator::new(rt.issuers.clone(), io.handle().clone(), None);
+    auth.start();
+    let result = io.block_on(async {
+        let start = Instant::now();
+        while start.elapsed() < opts.key_wait {
+            let missing = auth.not_ready();
+            if wait_for.iter().all(|i| !missing.contains(&i.name)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        auth.verify(token, r.issuers.as_deref()).await
+    });
+    auth.stop();
+    drop(auth);
+    io.shutdown_background();
+
+    let (header, payload) = peeked.unwrap_or_default();
+    let issuer = wait_for.first();
+    let pass_detail = |i: usize| -> String {
+        let s = |m: &Map<String, Value>, k: &str| m.get(k).map(|v| v.to_string());
+        match i {
+            0 => "JWS compact, header and payload decode".into(),
+            1 => issuer
+                .map(|s| format!("{} ({}), accepted on this route", s.name, s.issuer))
+                .unwrap_or_default(),
+            2 => s(&header, "alg").unwrap_or_default(),
+            3 => issuer.map(|s| key_source(s)).unwrap_or_default(),
+            4 => s(&header, "kid")
+                .map_or("no kid: every key that fits".into(), |k| format!("kid {k}")),
+            5 => "verifies".into(),
+            6 => s(&payload, "aud").unwrap_or_default(),
+            7 => payload
+                .get("exp")
+                .and_then(Value::as_u64)
+                .map(fmt_time)
+                .unwrap_or_default(),
+            _ => "nbf / iat not in the future".into(),
+        }
+    };
+    if looks_like_jwt(token) {
+        let failed = result.as_ref().err().map(failing_check);
+        for (i, name) in TOKEN_CHECKS.into_iter().enumerate() {
+            let c = match failed {
+                Some(f) if i == f => {
+                    let e = result.as_ref().unwrap_err();
+                    let mut d = format!("{}: {}", e.reason, e.detail);
+                    if i == 3 {
+                        if let Some(s) = issuer {
+                            d = format!("{d} ({} unreachable or invalid)", key_source(s));
+                        }
+                    }
+                    check(name, CheckResult::Fail, d)
+                }
+                Some(f) if i > f => check(name, CheckResult::NotReached, ""),
+                _ => check(name, CheckResult::Pass, pass_detail(i)),
+            };
+            checks.push(c);
+        }
+    } else {
+        checks.push(match &result {
+            Ok(_) => check("introspection", CheckResult::Pass, "active"),
+            Err(e) => check(
+                "introspection",
+                CheckResult::Fail,
+                format!("{}: {}", e.reason, e.detail),
+            ),
+        });
+    }
+    result
+}
+
+/// The registered-claim checks the verifier runs after the signature (`iss`, `aud`,
+/// `exp` required, `nbf`/`iat` with leeway), in its order; returns `exp`. Mirrors the
+/// auth module's private `jwt::check_claims`.
+pub fn check_claims(
+    payload: &Map<String, Value>,
+    settings: &IssuerSettings,
+    now: u64,
+) -> Result<u64, AuthError> {
+    if payload.get("iss").and_then(Value::as_str) != Some(settings.issuer.as_str()) {
+        return Err(AuthError::new(
+            DenyReason::WrongIssuer,
+            "issuer not trusted",
+        ));
+    }
+    let has = |a: &str| settings.audiences.iter().any(|x| x == a);
+    let aud_ok = match payload.get("aud") {
+        Some(Value::String(a)) => has(a),
+        Some(Value::Array(l)) => l.iter().filter_map(Value::as_str).any(has),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(AuthError::new(
+            DenyReason::WrongAudience,
+            "token is not meant for this audience",
+        ));
+    }
+    let date = |name: &str| -> Result<Option<u64>, AuthError> {
+        match payload.get(name) {
+            None => Ok(None),
+            Some(v) => match (v.as_u64(), v.as_f64()) {
+                (Some(n), _) => Ok(Some(n)),
+                (None, Some(f)) if f.is_finite() && f >= 0.0 => Ok(Some(f as u64)),
+                _ => Err(AuthError::new(
+                    DenyReason::MalformedToken,
+                    format!("{name} is not a NumericDate"),
+                )),
+            },
+        }
+    };
+    let leeway = settings.leeway_s;
+    let exp = date("exp")?
+        .ok_or_else(|| AuthError::new(DenyReason::MalformedToken, "token has no exp"))?;
+    if exp.saturating_add(leeway) < now {
+        return Err(AuthError::new(DenyReason::Expired, "token expired"));
+    }
+    for name in ["nbf", "iat"] {
+        if let Some(t) = date(name)? {
+            if t > now.saturating_add(leeway) {
+                return Err(AuthError::new(
+                    DenyReason::NotYetValid,
+                    "token not valid yet",
+                ));
+            }
+        }
+    }
+    Ok(exp)
+}
+
+/// `--claims`: pick the issuer like the verifier (exact `iss`, accepted on the route),
+/// skip signature and keys, check the registered claims.
+fn verify_claims(
+    rt: &Runtime,
+    r: &Route,
+    claims: &Value,
+    checks: &mut Vec<Check>,
+) -> Result<Identity, AuthError> {
+    let skipped = "skipped with --claims: no token, so no signature or issuer keys to check";
+    checks.push(check("format", CheckResult::Skipped, skipped));
+    let Some(payload) = claims.as_object() else {
+        let e = AuthError::new(
+            DenyReason::MalformedToken,
+            "the claims are not a JSON object",
+        );
+        checks.push(check("claims", CheckResult::Fail, e.to_string()));
+        return Err(e);
+    };
+    let iss = payload.get("iss").and_then(Value::as_str);
+    let same: Vec<&IssuerSettings> = rt
+        .issuers
+        .iter()
+        .filter(|i| Some(i.issuer.as_str()) == iss)
+        .collect();
+    let picked = same
+        .iter()
+        .find(|i| r.issuers.as_ref().is_none_or(|l| l.contains(&i.name)));
+    let settings = match (same.is_empty(), picked) {
+        (_, Some(s)) => *s,
+        (true, None) => {
+            return fail_rest(
+                checks,
+                1,
+                AuthError::new(DenyReason::WrongIssuer, "issuer not trusted"),
+                &|_| String::new(),
+            )
+        }
+        (false, None) => {
+            return fail_rest(
+                checks,
+                1,
+                AuthError::new(DenyReason::WrongIssuer, "issuer not accepted on this route"),
+                &|_| String::new(),
+            )
+        }
+    };
+    checks.push(check(
+        "issuer",
+        CheckResult::Pass,
+        format!(
+            "{} ({}), accepted on this route",
+            settings.name, settings.issuer
+        ),
+    ));
+    for name in ["algorithm", "issuer keys", "signing key", "signature"] {
+        checks.push(check(name, CheckResult::Skipped, skipped));
+    }
+    match check_claims(payload, settings, now()) {
+        Ok(exp) => {
+            checks.push(check(
+                "audience",
+                CheckResult::Pass,
+                payload.get("aud").map(Value::to_string).unwrap_or_default(),
+            ));
+            checks.push(check("expiry", CheckResult::Pass, fmt_time(exp)));
+            checks.push(check(
+                "not before",
+                CheckResult::Pass,
+                "nbf / iat not in the future",
+            ));
+            Ok(Identity::from_claims(
+                settings,
+                settings.issuer.clone(),
+                exp,
+                claims.clone(),
+            ))
+        }
+        Err(e) => {
+            let aud = payload.get("aud").map(Value::to_string).unwrap_or_default();
+            let at = failing_check(&e);
+            fail_rest(checks, at, e, &|i| {
+                if i == 6 {
+                    aud.clone()
+                } else {
+                    String::new()
+                }
+            })
+        }
+    }
+}
+
+/// Records the failing check `TOKEN_CHECKS[at]` (passing the ones between) and returns
+/// the error.
+fn fail_rest(
+    checks: &mut Vec<Check>,
+    at: usize,
+    e: AuthError,
+    pass: &dyn Fn(usize) -> String,
+) -> Result<Identity, AuthError> {
+    for (i, name) in TOKEN_CHECKS.into_iter().enumerate() {
+        if checks.iter().any(|c| c.name == name) {
+            continue;
+        }
+        let c = if i == at {
+            check(
+                name,
+                CheckResult::Fail,
+                format!("{}: {}", e.reason, e.detail),
+            )
+        } else if i > at {
+            check(name, CheckResult::NotReached, "")
+        } else {
+            check(name, CheckResult::Pass, pass(i))
+        };
+        checks.push(c);
+    }
+    Err(e)
+}
+
+/// The authorization checks of [`rbac::decide`], in its order, marked from its answer.
+fn authz_checks(
+    r: &Route,
+    id: &Identity,
+    roles: &[RoleGrant],
+    err: Option<&AuthError>,
+) -> Vec<Check> {
+    let order = [
+        (DenyReason::InsufficientRole, "role"),
+        (DenyReason::InsufficientScope, "scopes"),
+        (DenyReason::MfaRequired, "mfa"),
+        (DenyReason::MissingClaim, "row filters"),
+    ];
+    let failed = err.and_then(|e| order.iter().position(|(r, _)| *r == e.reason));
+    let held: Vec<&str> = roles.iter().map(|g| g.role.as_str()).collect();
+    let info = |i: usize| -> String {
+        match i {
+            0 if r.allow_roles.is_empty() => "any authenticated caller (allow_roles = [])".into(),
+            0 => format!(
+                "needs one of {}; holds {}",
+                r.allow_roles.join(", "),
+                if held.is_empty() {
+                    "none".into()
+                } else {
+                    held.join(", ")
+                }
+            ),
+            1 if r.require_scopes.is_empty() => "none required".into(),
+            1 => format!(
+                "needs {}; token has {}",
+                r.require_scopes.join(" "),
+                if id.scopes.is_empty() {
+                    "none".into()
+                } else {
+                    id.scopes.join(" ")
+                }
+            ),
+            2 if !r.require_mfa => "not required".into(),
+            2 => format!("required; amr = [{}]", id.amr.join(", ")),
+            _ if r.row_filters.is_empty() => "none on this route".into(),
+            _ => r
+                .row_filters
+                .iter()
+                .map(|f| {
+                    let skip = f.except_roles.iter().any(|x| held.contains(&x.as_str()));
+                    format!(
+                        "{}={}{}",
+                        f.header,
+                        f.template.source(),
+                        if skip {
+                            " (not applied: except_roles)"
+                        } else {
+                            ""
+                        }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    };
+    order
+        .iter()
+        .enumerate()
+        .map(|(i, (_, name))| match failed {
+            Some(f) if i == f => {
+                let e = err.unwrap();
+                check(
+                    name,
+                    CheckResult::Fail,
+                    format!("{}: {} ({})", e.reason, e.detail, info(i)),
+                )
+            }
+            Some(f) if i > f => check(name, CheckResult::NotReached, ""),
+            _ => check(name, CheckResult::Pass, info(i)),
+        })
+        .collect()
+}
+
+fn source_json(s: &RoleSource) -> Value {
+    match s {
+        RoleSource::Claim => json!({"source": "claim"}),
+        RoleSource::Group(g) => json!({"source": "group", "group": g}),
+        RoleSource::Client(c) => json!({"source": "client", "client_id": c}),
+    }
+}
+
+fn source_text(s: &RoleSource) -> String {
+    match s {
+        RoleSource::Claim => "token roles claim".into(),
+        RoleSource::Group(g) => format!("group {g}"),
+        RoleSource::Client(c) => format!("client ID {c}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Output and the CLI entry point.
+
+impl Explanation {
+    /// Exit code: 0 forwarded, 3 refused.
+    pub fn exit_code(&self) -> i32 {
+        if self.forwarded {
+            EXIT_FORWARDED
+        } else {
+            EXIT_REFUSED
+        }
+    }
+
+    /// Sorted role names.
+    pub fn role_names(&self) -> Vec<String> {
+        self.roles.iter().map(|g| g.role.clone()).collect()
+    }
+
+    /// Header value the backend would get, by lower-case name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The `--json` object.
+    pub fn to_json(&self, rt: &Runtime) -> Value {
+        let checks = |cs: &[Check]| -> Value {
+            cs.iter()
+                .map(|c| json!({"check": c.name, "result": c.result.as_str(), "detail": c.detail}))
+                .collect()
+        };
+        let mut headers = Map::new();
+        for (n, v) in &self.headers {
+            headers.insert(n.clone(), json!(v));
+        }
+        if self.forwarded {
+            headers.insert("x-forwarded-proto".into(), json!("https"));
+        }
+        let route = self.route.as_ref();
+        json!({
+            "request": {"method": self.method, "host": self.host, "path": self.path},
+            "route": route.map(|r| r.name.clone()),
+            "route_line": route.map(|r| r.line),
+            "upstream": route.filter(|_| self.forwarded).map(|r| r.upstream.clone()),
+            "path_refused": self.path_refused,
+            "near_misses": self.near_misses,
+            "credential": self.credential,
+            "token_checks": checks(&self.token_checks),
+            "roles": self.role_names(),
+            "role_sources": self.roles.iter().map(|g| {
+                let mut v = source_json(&g.source);
+                v["role"] = json!(g.role);
+                v
+            }).collect::<Vec<_>>(),
+            "authorization": checks(&self.authz_checks),
+            "decision": self.decision,
+            "reason": self.reason,
+            "detail": self.detail,
+            "headers": headers,
+            "removed_headers": if route.is_some() { removed(rt, route.map(|r| &**r)) } else { vec![] },
+            "status": self.status,
+            "forwarded": self.forwarded,
+        })
+    }
+
+    /// The human-readable walk-through.
+    pub fn to_text(&self, rt: &Runtime, shown: &str) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let url = format!(
+            "{}{}",
+            self.host
+                .as_deref()
+                .map(|h| format!("https://{h}"))
+                .unwrap_or_default(),
+            self.path
+        );
+        let _ = writeln!(s, "explain {} {url}  (config {shown})", self.method);
+        let _ = writeln!(s);
+        let _ = writeln!(s, "1. route");
+        if let Some(why) = &self.path_refused {
+            let _ = writeln!(s, "   path refused before routing: {why}");
+        } else if let Some(r) = &self.route {
+            let _ = writeln!(
+                s,
+                "   matched {} ({shown}:{}): {}{} [{}] -> upstream {}{}",
+                r.name,
+                r.line,
+                r.host.as_deref().unwrap_or(""),
+                r.path_prefix,
+                r.methods
+                    .as_ref()
+                    .map(|m| m.join(", "))
+                    .unwrap_or_else(|| "all methods".into()),
+                r.upstream,
+                if r.auth == AuthMode::None {
+                    ", public (auth = \"none\")"
+                } else {
+                    ""
+                }
+            );
+        } else {
+            let _ = writeln!(s, "   no route matches (routes are tried in file order):");
+            for m in &self.near_misses {
+                let _ = writeln!(s, "     {m}");
+            }
+        }
+        let public = self
+            .route
+            .as_ref()
+            .is_some_and(|r| r.auth == AuthMode::None);
+        if self.route.is_some() {
+            let _ = writeln!(s);
+            let _ = writeln!(s, "2. token: {}", self.credential);
+            if public {
+                let _ = writeln!(
+                    s,
+                    "   public route: no token is checked and no identity is sent"
+                );
+            }
+            for c in &self.token_checks {
+                let _ = writeln!(
+                    s,
+                    "   [{:<11}] {:<12} {}",
+                    c.result.as_str(),
+                    c.name,
+                    c.detail
+                );
+            }
+        }
+        if !self.token_checks.is_empty()
+            && self
+                .token_checks
+                .iter()
+                .all(|c| c.result != CheckResult::Fail)
+        {
+            let _ = writeln!(s);
+            let _ = writeln!(s, "3. roles");
+            if self.roles.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "   none (only routes with allow_roles = [] admit this caller)"
+                );
+            }
+            for g in &self.roles {
+                let _ = writeln!(s, "   {:<20} from {}", g.role, source_text(&g.source));
+            }
+            let _ = writeln!(s);
+            let _ = writeln!(s, "4. authorization");
+            for c in &self.authz_checks {
+                let _ = writeln!(
+                    s,
+                    "   [{:<11}] {:<12} {}",
+                    c.result.as_str(),
+                    c.name,
+                    c.detail
+                );
+            }
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "decision: {}{}",
+            self.decision,
+            self.reason
+                .as_ref()
+                .map(|r| format!(" ({r}: {})", self.detail.as_deref().unwrap_or("")))
+                .unwrap_or_default()
+        );
+        if self.forwarded {
+            let _ = writeln!(s);
+            let _ = writeln!(s, "headers sent to the backend:");
+            for (n, v) in &self.headers {
+                let _ = writeln!(s, "   {n}: {v}");
+            }
+            let _ = writeln!(s, "   x-forwarded-for: <client address>");
+            let _ = writeln!(s, "   x-forwarded-proto: https");
+            let _ = writeln!(
+                s,
+                "   x-request-id: <the client's, if 1-128 of A-Za-z0-9._-, else generated>"
+            );
+            let _ = writeln!(
+                s,
+                "removed from the client's request: {}",
+                removed(rt, self.route.as_deref()).join(", ")
+            );
+        }
+        let _ = writeln!(s);
+        let _ = match (self.forwarded, &self.route) {
+            (true, Some(r)) => writeln!(
+                s,
+                "status: {} forwarded to upstream {} (the client gets the backend's response)",
+                self.status, r.upstream
+            ),
+            _ => writeln!(s, "status: {} refused by the gateway", self.status),
+        };
+        s
+    }
+}
+
+/// Headers stripped from the client's request on `route`.
+fn removed(rt: &Runtime, route: Option<&Route>) -> Vec<String> {
+    let mut out: Vec<String> = rt
+        .owned_headers
+        .iter()
+        .map(|h| h.as_str().to_string())
+        .collect();
+    if route.is_some_and(|r| !r.forward_token && r.auth == AuthMode::Required) {
+        out.push("authorization".into());
+    }
+    out
+}
+
+/// `gatehouse explain` without printing: `(stdout, stderr, exit code)`.
+///
+/// `token`: the JWT, `-` to read it from stdin, or `@FILE` to read it from a file (keeps
+/// it out of shell history). `claims`: a JSON file of already-verified claims. Exactly
+/// one of the two.
+pub fn run(
+    config: &Path,
+    token: Option<&str>,
+    claims: Option<&Path>,
+    method: &str,
+    url: &str,
+    as_json: bool,
+    opts: &Options,
+) -> (String, String, i32) {
+    let bad = |msg: String| {
+        (
+            String::new(),
+            format!("gatehouse explain: {msg}\n"),
+            EXIT_BAD_INPUT,
+        )
+    };
+    let rt = match crate::config::load(config) {
+        Ok(rt) => rt,
+        Err(errs) => {
+            return (
+                String::new(),
+                format!(
+                    "{errs}\n{} error(s) in {}\n",
+                    errs.0.len(),
+                    config.display()
+                ),
+                EXIT_BAD_INPUT,
+            )
+        }
+    };
+    let cred = match (token, claims) {
+        (Some(_), Some(_)) | (None, None) => {
+            return bad("give exactly one of --token JWT and --claims FILE.json".into())
+        }
+        (Some(t), None) => {
+            let t = if t == "-" {
+                let mut buf = String::new();
+                if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf) {
+                    return bad(format!("cannot read the token from stdin: {e}"));
+                }
+                buf
+            } else if let Some(f) = t.strip_prefix('@') {
+                match std::fs::read_to_string(f) {
+                    Ok(b) => b,
+                    Err(e) => return bad(format!("cannot read the token file {f}: {e}")),
+                }
+            } else {
+                t.to_string()
+            };
+            let t = t.trim();
+            let t = t.strip_prefix("Bearer ").unwrap_or(t).trim();
+            if t.is_empty() {
+                return bad("the token is empty".into());
+            }
+            Credential::Token(t.to_string())
+        }
+        (None, Some(f)) => {
+            let text = match std::fs::read_to_string(f) {
+                Ok(t) => t,
+                Err(e) => return bad(format!("cannot read {}: {e}", f.display())),
+            };
+            match serde_json::from_str::<Value>(&text) {
+                Ok(v @ Value::Object(_)) => Credential::Claims(v),
+                Ok(_) => return bad(format!("{}: the claims must be a JSON object", f.display())),
+                Err(e) => return bad(format!("{}: not JSON: {e}", f.display())),
+            }
+        }
+    };
+    match explain(&rt, method, url, &cred, opts) {
+        Ok(e) => {
+            let out = if as_json {
+                let mut s = serde_json::to_string_pretty(&e.to_json(&rt)).unwrap_or_default();
+                s.push('\n');
+                s
+            } else {
+                e.to_text(&rt, &config.display().to_string())
+            };
+            (out, String::new(), e.exit_code())
+        }
+        Err(msg) => bad(msg),
+    }
+}
+
+/// The CLI entry point: prints the explanation (stdout) or the error (stderr) and returns
+/// the exit code (0 forwarded, 3 refused, 1 bad input).
+pub fn explain_cli(
+    config: &Path,
+    token: Option<&str>,
+    claims: Option<&Path>,
+    method: &str,
+    url: &str,
+    as_json: bool,
+) -> i32 {
+    let (out, err, code) = run(
+        config,
+        token,
+        claims,
+        method,
+        url,
+        as_json,
+        &Options::default(),
+    );
+    print!("{out}");
+    eprint!("{err}");
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_keeps_eight_chars_and_length() {
+        let t = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln";
+        let r = redact(t);
+        assert_eq!(r, format!("eyJhbGci…({} chars)", t.len()));
+        assert!(!r.contains("eyJzdWIi"));
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            split_url("https://api.example.com:8443/orders/7?x=1").unwrap(),
+            (Some("api.example.com:8443".into()), "/orders/7".into())
+        );
+        assert_eq!(split_url("/orders").unwrap(), (None, "/orders".into()));
+        assert_eq!(
+            split_url("https://h/a/../b").unwrap().1,
+            "/a/../b",
+            "not normalised: check_path must see it"
+        );
+        assert!(split_url("orders").is_err());
+        assert!(split_url("https://exa mple.com/").is_err());
+    }
+
+    #[test]
+    fn jwt_shape() {
+        assert!(looks_like_jwt("a.b.c"));
+        assert!(looks_like_jwt("a.b."));
+        assert!(!looks_like_jwt("a..c"));
+        assert!(!looks_like_jwt("opaque-token"));
+        assert!(!looks_like_jwt("a.b.c.d"));
+    }
+}
