@@ -45,7 +45,14 @@ pub fn roles_of(id: &Identity, roles: &IndexMap<String, RoleSettings>) -> Vec<Ro
         if let Some(g) = cfg.groups.iter().find(|g| id.groups.contains(g)) {
             add(name, RoleSource::Group(g.clone()));
         }
-        if let Some(c) = id.client_id.as_ref().filter(|c| cfg.clients.contains(c)) {
+        // Only a client-credentials token speaks for the client: a person signed in
+        // through that client app (user token with the same client ID claim) must not
+        // inherit the client's roles.
+        if let Some(c) = id
+            .client_id
+            .as_ref()
+            .filter(|c| id.is_client && cfg.clients.contains(c))
+        {
             add(name, RoleSource::Client(c.clone()));
         }
     }

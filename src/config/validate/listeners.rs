@@ -1,0 +1,192 @@
+//! `[server]` (listeners, TLS files) and `[audit]`; certificate and CA loading shared with upstreams and issuers.
+
+#![allow(unused_imports)]
+use super::*;
+
+impl Validator<'_> {
+    pub(super) fn server(&mut self, s: &S<RawServer>) -> Option<ServerSettings> {
+        let r = s.get_ref();
+        let listen = self.addr(&r.listen, "server.listen");
+        let redirect_http = r
+            .redirect_http
+            .as_ref()
+            .and_then(|a| self.addr(a, "server.redirect_http"));
+        let tls_min = match r
+            .tls_min_version
+            .as_ref()
+            .map(|v| (v.get_ref().as_str(), v.span()))
+        {
+            None | Some(("1.2", _)) => crate::tls::TlsMin::V12,
+            Some(("1.3", _)) => crate::tls::TlsMin::V13,
+            Some((other, span)) => {
+                self.err(
+                    span,
+                    "server.tls_min_version",
+                    format!("{other:?} is not supported; use \"1.2\" or \"1.3\""),
+                );
+                crate::tls::TlsMin::V12
+            }
+        };
+        let threads = match r.threads.as_ref() {
+            None => 0,
+            Some(t) if *t.get_ref() >= 0 => *t.get_ref() as usize,
+            Some(t) => {
+                self.err(
+                    t.span(),
+                    "server.threads",
+                    "must be 0 (one per core) or a positive number",
+                );
+                0
+            }
+        };
+        let threads = if threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            threads
+        };
+        let cert_path = self.path(r.cert.get_ref());
+        let key_path = self.path(r.key.get_ref());
+        let cert = self.cert_and_key(
+            &r.cert,
+            &r.key,
+            "server.cert",
+            "server.key",
+            "server".into(),
+        );
+        Some(ServerSettings {
+            listen: listen?,
+            redirect_http,
+            cert_path,
+            key_path,
+            cert: Arc::new(cert?.0),
+            tls_min,
+            hsts_max_age_s: r.hsts_max_age_s.unwrap_or(31_536_000),
+            threads,
+            drain_timeout_s: r.drain_timeout_s.unwrap_or(20),
+        })
+    }
+
+    /// Loads a certificate chain and its key and checks they match.
+    pub(super) fn cert_and_key(
+        &mut self,
+        cert: &S<String>,
+        key: &S<String>,
+        cert_key: &str,
+        key_key: &str,
+        name: String,
+    ) -> Option<(rustls::sign::CertifiedKey, Vec<Vec<u8>>, Vec<u8>)> {
+        let cp = self.path(cert.get_ref());
+        let kp = self.path(key.get_ref());
+        let certs = match crate::tls::read_certs(&cp) {
+            Ok(c) => c,
+            Err(e) => {
+                self.err(cert.span(), cert_key, format!("{e}; point it at a PEM certificate chain (gatehouse certs --out DIR makes a dev set)"));
+                None?
+            }
+        };
+        self.track_cert(cert.span(), cert_key, name, &cp, &certs[0]);
+        let pk = match crate::tls::read_key(&kp) {
+            Ok(k) => k,
+            Err(e) => {
+                self.err(
+                    key.span(),
+                    key_key,
+                    format!("{e}; point it at the PEM private key of {}", cp.display()),
+                );
+                None?
+            }
+        };
+        let key_der = pk.secret_der().to_vec();
+        let chain: Vec<Vec<u8>> = certs.iter().map(|c| c.to_vec()).collect();
+        match crate::tls::certified_key(certs, pk) {
+            Ok(ck) => Some((ck, chain, key_der)),
+            Err(e) => {
+                self.err(
+                    key.span(),
+                    key_key,
+                    format!(
+                        "{} and {}: {e}; use the key that was issued with this certificate",
+                        kp.display(),
+                        cp.display()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn ca(
+        &mut self,
+        ca: &S<String>,
+        key: &str,
+        name: String,
+    ) -> Option<(Vec<u8>, Vec<rustls::pki_types::CertificateDer<'static>>)> {
+        let p = self.path(ca.get_ref());
+        let pem = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) => {
+                self.err(ca.span(), key, format!("cannot read {}: {e}", p.display()));
+                return None;
+            }
+        };
+        match crate::tls::parse_certs(&pem) {
+            Ok(certs) => {
+                for c in &certs {
+                    self.track_cert(ca.span(), key, name.clone(), &p, c);
+                }
+                Some((pem, certs))
+            }
+            Err(e) => {
+                self.err(
+                    ca.span(),
+                    key,
+                    format!("{}: {e}; point it at a PEM CA certificate", p.display()),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn audit(&mut self, a: Option<&S<RawAudit>>) -> AuditSettings {
+        let Some(a) = a else {
+            return AuditSettings {
+                path: AuditPath::Stdout,
+                retention_days: 90,
+                pseudonym_key: None,
+            };
+        };
+        let r = a.get_ref();
+        let path = match r.path.as_ref() {
+            None => AuditPath::Stdout,
+            Some(p) if p.get_ref() == "-" => AuditPath::Stdout,
+            Some(p) if p.get_ref().is_empty() => {
+                self.err(
+                    p.span(),
+                    "audit.path",
+                    "empty; use \"-\" for stdout or a directory",
+                );
+                AuditPath::Stdout
+            }
+            Some(p) => AuditPath::Dir(self.path(p.get_ref())),
+        };
+        let retention_days = match r.retention_days.as_ref() {
+            None => 90,
+            Some(d) if *d.get_ref() == 0 => {
+                self.err(d.span(), "audit.retention_days", "must be at least 1 day");
+                90
+            }
+            Some(d) => *d.get_ref(),
+        };
+        let pseudonym_key = r
+            .pseudonym_key
+            .as_ref()
+            .and_then(|k| self.secret(k, "audit.pseudonym_key"));
+        AuditSettings {
+            path,
+            retention_days,
+            pseudonym_key,
+        }
+    }
+}

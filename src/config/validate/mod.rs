@@ -1,0 +1,377 @@
+//! Raw TOML → [`Runtime`]: every check of SPEC section 2, all errors collected in one
+//! run, each naming `file:line:col`, the key path and what to do about it.
+
+//!
+//! Split by topic: `listeners.rs` (server, certificates, audit), `issuers.rs`,
+//! `upstreams.rs`, `routes.rs`; this file holds the entry points and the shared helpers
+//! (locations, secrets, paths).
+
+mod issuers;
+mod listeners;
+mod routes;
+mod upstreams;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use indexmap::IndexMap;
+use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
+
+use super::raw::*;
+use super::*;
+use crate::auth::{Introspection, IssuerSettings, KeySource};
+use crate::policy::route::{normalize_prefix, AuthMode, Route, RowFilter};
+use crate::policy::row_filter::Template;
+
+/// Headers a row filter may not use: hop-by-hop, identity and the ones gatehouse sets.
+const RESERVED_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "authorization",
+    "cookie",
+    "content-length",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-request-id",
+    "traceparent",
+    "x-auth-subject",
+    "x-auth-client-id",
+    "x-auth-roles",
+    "x-auth-issuer",
+];
+
+/// The hop-by-hop part of [`RESERVED_HEADERS`] (RFC 9110 section 7.6.1 and friends).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+const DEFAULT_ALGS: &[&str] = &["RS256", "PS256", "ES256", "EdDSA"];
+const WARN_EXPIRY_DAYS: i64 = 30;
+
+/// Loads and validates a config file. `Err` holds every error found.
+pub fn load(path: &Path) -> Result<Runtime, ConfigErrors> {
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        }])
+    })?;
+    load_str(path, &src)
+}
+
+/// Validates config text as if read from `path` (relative paths resolve next to it).
+pub fn load_str(path: &Path, src: &str) -> Result<Runtime, ConfigErrors> {
+    let mut v = Validator::new(path, src);
+    let raw: RawConfig = match super::raw::parse(src) {
+        Ok(r) => r,
+        Err(e) => {
+            v.err(e.span, e.key, e.message);
+            return Err(ConfigErrors(v.errors));
+        }
+    };
+    let rt = v.build(raw);
+    match rt {
+        Some(rt) if v.errors.is_empty() => Ok(rt),
+        _ => Err(ConfigErrors(v.errors)),
+    }
+}
+
+struct Validator<'a> {
+    file: PathBuf,
+    dir: PathBuf,
+    src: &'a str,
+    errors: Vec<ConfigError>,
+    warnings: Vec<String>,
+    certs: Vec<CertInfo>,
+}
+
+impl<'a> Validator<'a> {
+    fn new(path: &Path, src: &'a str) -> Self {
+        let dir = path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        Validator {
+            file: path.to_path_buf(),
+            dir,
+            src,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            certs: Vec::new(),
+        }
+    }
+
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.src.len());
+        let before = &self.src[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);
+        (line, col)
+    }
+
+    fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        let (line, col) = self.line_col(span.start);
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line,
+            col,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, span: Range<usize>, key: &str, message: String) {
+        let (line, col) = self.line_col(span.start);
+        self.warnings.push(format!(
+            "{}:{line}:{col}: {key}: {message}",
+            self.file.display()
+        ));
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    fn addr(&mut self, s: &S<String>, key: &str) -> Option<SocketAddr> {
+        match s.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    s.span(),
+                    key,
+                    format!(
+                        "{:?} is not an IP:port address; write e.g. \"0.0.0.0:8443\" or \"[::]:8443\"",
+                        s.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn secret(&mut self, s: &S<RawSecret>, key: &str) -> Option<Vec<u8>> {
+        match s.get_ref() {
+            RawSecret::Inline(_) => {
+                self.err(
+                    s.span(),
+                    key,
+                    "inline secrets are not allowed; write { env = \"NAME\" } or { file = \"path\" }",
+                );
+                None
+            }
+            RawSecret::Ref(r) => match (&r.env, &r.file) {
+                (Some(name), None) => match std::env::var(name) {
+                    Ok(v) if !v.is_empty() => Some(v.into_bytes()),
+                    _ => {
+                        self.err(
+                            s.span(),
+                            key,
+                            format!("environment variable {name} is not set or empty; export it before starting gatehouse"),
+                        );
+                        None
+                    }
+                },
+                (None, Some(file)) => {
+                    let p = self.path(file);
+                    match std::fs::read(&p) {
+                        Ok(mut v) => {
+                            while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                                v.pop();
+                            }
+                            if v.is_empty() {
+                                self.err(
+                                    s.span(),
+                                    key,
+                                    format!("secret file {} is empty", p.display()),
+                                );
+                                None
+                            } else {
+                                Some(v)
+                            }
+                        }
+                        Err(e) => {
+                            self.err(
+                                s.span(),
+                                key,
+                                format!("cannot read secret file {}: {e}", p.display()),
+                            );
+                            None
+                        }
+                    }
+                }
+                _ => {
+                    self.err(
+                        s.span(),
+                        key,
+                        "a secret is exactly one of { env = \"NAME\" } or { file = \"path\" }",
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    /// Records a certificate for the expiry gauge; warns within 30 days, errors when
+    /// already expired.
+    fn track_cert(
+        &mut self,
+        span: Range<usize>,
+        key: &str,
+        name: String,
+        path: &Path,
+        cert: &rustls::pki_types::CertificateDer<'_>,
+    ) {
+        let Some(not_after) = crate::tls::not_after(cert) else {
+            return;
+        };
+        let now = chrono::Utc::now().timestamp();
+        let subject = crate::tls::subject(cert);
+        if not_after < now {
+            self.err(
+                span,
+                key,
+                format!(
+                    "certificate {} ({subject}) expired at {}; renew it",
+                    path.display(),
+                    fmt_ts(not_after)
+                ),
+            );
+        } else if not_after - now < WARN_EXPIRY_DAYS * 86400 {
+            self.warn(
+                span,
+                key,
+                format!(
+                    "certificate {} ({subject}) expires at {}, within {WARN_EXPIRY_DAYS} days",
+                    path.display(),
+                    fmt_ts(not_after)
+                ),
+            );
+        }
+        self.certs.push(CertInfo {
+            name,
+            path: path.to_path_buf(),
+            subject,
+            not_after,
+        });
+    }
+
+    fn build(&mut self, raw: RawConfig) -> Option<Runtime> {
+        let server = self.server(&raw.server);
+        let admin_listen = raw
+            .admin
+            .as_ref()
+            .and_then(|a| self.addr(&a.listen, "admin.listen"));
+        let audit = self.audit(raw.audit.as_ref());
+        let cache = CacheSettings {
+            max_entries: raw
+                .cache
+                .as_ref()
+                .and_then(|c| c.max_entries)
+                .unwrap_or(100_000),
+            ttl_s: raw.cache.as_ref().and_then(|c| c.ttl_s).unwrap_or(300),
+        };
+        let issuers: Vec<IssuerSettings> = raw
+            .issuers
+            .iter()
+            .filter_map(|(name, i)| self.issuer(name, i))
+            .collect();
+        let roles: IndexMap<String, RoleSettings> = raw
+            .roles
+            .iter()
+            .map(|(name, r)| {
+                let (line, _) = self.line_col(r.span().start);
+                (
+                    name.clone(),
+                    RoleSettings {
+                        groups: r.get_ref().groups.clone(),
+                        clients: r.get_ref().clients.clone(),
+                        line,
+                    },
+                )
+            })
+            .collect();
+        let upstreams: IndexMap<String, Arc<Upstream>> = raw
+            .upstreams
+            .iter()
+            .filter_map(|(name, u)| self.upstream(name, u).map(|u| (name.clone(), Arc::new(u))))
+            .collect();
+        let routes = self.routes(&raw, &issuers);
+        let mut owned: Vec<HeaderName> = IDENTITY_HEADERS
+            .iter()
+            .map(|h| HeaderName::from_static(h))
+            .collect();
+        for r in &routes {
+            for f in &r.row_filters {
+                if !owned.contains(&f.header) {
+                    owned.push(f.header.clone());
+                }
+            }
+        }
+        if audit.pseudonym_key.is_none() {
+            self.warnings.push(format!(
+                "{}: audit.pseudonym_key is not set: a random per-process key is used, so subject pseudonyms change at every restart; set pseudonym_key = {{ env = \"GATEHOUSE_PSEUDONYM_KEY\" }}",
+                self.file.display()
+            ));
+        }
+        let server = server?;
+        Some(Runtime {
+            file: self.file.clone(),
+            server,
+            admin_listen,
+            audit,
+            cache,
+            issuers,
+            roles,
+            upstreams,
+            routes: routes.into_iter().map(Arc::new).collect(),
+            owned_headers: owned,
+            certificates: std::mem::take(&mut self.certs),
+            warnings: std::mem::take(&mut self.warnings),
+        })
+    }
+}
+
+fn fmt_ts(ts: i64) -> String {
+    chrono::DateTime::from_timestamp(ts, 0)
+        .map(|d| d.to_rfc3339())
+        .unwrap_or_else(|| ts.to_string())
+}

@@ -1,0 +1,303 @@
+//! `[[routes]]`: matching, references to upstreams/issuers/roles, row filters, shadowing.
+
+#![allow(unused_imports)]
+use super::*;
+
+impl Validator<'_> {
+    pub(super) fn routes(&mut self, raw: &RawConfig, issuers: &[IssuerSettings]) -> Vec<Route> {
+        let mut out: Vec<Route> = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let role_names: Vec<&String> = raw.roles.keys().collect();
+        let known = |keys: Vec<&String>| {
+            if keys.is_empty() {
+                "none configured".to_string()
+            } else {
+                keys.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        for (i, rs) in raw.routes.iter().enumerate() {
+            let r = rs.get_ref();
+            let k = |f: &str| format!("routes[{i}].{f}");
+            let mut ok = true;
+            let name = r.name.get_ref().clone();
+            if name.is_empty() {
+                self.err(r.name.span(), k("name"), "must not be empty");
+                ok = false;
+            } else if let Some(prev) = names.insert(name.clone(), i) {
+                self.err(r.name.span(), k("name"), format!("duplicate route name {name:?} (also routes[{prev}]); route names must be unique"));
+                ok = false;
+            }
+            let host = r.host.as_ref().map(|h| {
+                let v = h.get_ref().to_ascii_lowercase();
+                let v = crate::policy::route::strip_port(&v).to_string();
+                if v.is_empty() {
+                    self.err(
+                        h.span(),
+                        k("host"),
+                        "must not be empty; remove it to match any host",
+                    );
+                    ok = false;
+                }
+                v
+            });
+            let prefix = r.path_prefix.get_ref();
+            if !prefix.starts_with('/') {
+                self.err(
+                    r.path_prefix.span(),
+                    k("path_prefix"),
+                    format!("{prefix:?} must start with '/'"),
+                );
+                ok = false;
+            } else if crate::policy::route::check_path(prefix).is_err() && prefix != "/" {
+                self.err(r.path_prefix.span(), k("path_prefix"), format!("{prefix:?} holds '//', dot segments or encoded separators, which requests can never match"));
+                ok = false;
+            }
+            let methods = r.methods.as_ref().map(|ms| {
+                if ms.get_ref().is_empty() {
+                    self.err(
+                        ms.span(),
+                        k("methods"),
+                        "is empty, so the route matches nothing; remove it to allow every method",
+                    );
+                    ok = false;
+                }
+                let mut v = Vec::new();
+                for m in ms.get_ref() {
+                    let up = m.get_ref().to_ascii_uppercase();
+                    if up.is_empty() || !up.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
+                        self.err(
+                            m.span(),
+                            k("methods"),
+                            format!("{:?} is not an HTTP method", m.get_ref()),
+                        );
+                        ok = false;
+                    } else if !v.contains(&up) {
+                        v.push(up);
+                    }
+                }
+                v
+            });
+            if !raw.upstreams.contains_key(r.upstream.get_ref()) {
+                self.err(
+                    r.upstream.span(),
+                    k("upstream"),
+                    format!(
+                        "unknown upstream {:?} (known: {})",
+                        r.upstream.get_ref(),
+                        known(raw.upstreams.keys().collect())
+                    ),
+                );
+                ok = false;
+            }
+            let route_issuers = r.issuers.as_ref().map(|list| {
+                let mut v = Vec::new();
+                for is in list {
+                    if !raw.issuers.contains_key(is.get_ref()) {
+                        self.err(
+                            is.span(),
+                            k("issuers"),
+                            format!(
+                                "unknown issuer {:?} (known: {})",
+                                is.get_ref(),
+                                known(raw.issuers.keys().collect())
+                            ),
+                        );
+                        ok = false;
+                    }
+                    v.push(is.get_ref().clone());
+                }
+                v
+            });
+            let mut allow_roles = Vec::new();
+            if let Some(ar) = &r.allow_roles {
+                for role in ar.get_ref() {
+                    if !raw.roles.contains_key(role.get_ref()) {
+                        self.err(
+                            role.span(),
+                            k("allow_roles"),
+                            format!(
+                                "unknown role {:?} (known: {}); declare it as [roles.{}]",
+                                role.get_ref(),
+                                known(role_names.clone()),
+                                role.get_ref()
+                            ),
+                        );
+                        ok = false;
+                    }
+                    allow_roles.push(role.get_ref().clone());
+                }
+            }
+            let auth = match r.auth.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
+                None | Some(("required", _)) => AuthMode::Required,
+                Some(("none", _)) => AuthMode::None,
+                Some((other, span)) => {
+                    self.err(
+                        span,
+                        k("auth"),
+                        format!("{other:?} is not a mode; use \"required\" or \"none\""),
+                    );
+                    ok = false;
+                    AuthMode::Required
+                }
+            };
+            let require_scopes = r
+                .require_scopes
+                .as_ref()
+                .map(|s| s.get_ref().clone())
+                .unwrap_or_default();
+            let require_mfa = r
+                .require_mfa
+                .as_ref()
+                .map(|m| *m.get_ref())
+                .unwrap_or(false);
+            if auth == AuthMode::None {
+                let conflicting = [
+                    ("allow_roles", r.allow_roles.as_ref().map(|a| a.span())),
+                    (
+                        "require_scopes",
+                        r.require_scopes.as_ref().map(|a| a.span()),
+                    ),
+                    (
+                        "require_mfa",
+                        r.require_mfa
+                            .as_ref()
+                            .filter(|m| *m.get_ref())
+                            .map(|a| a.span()),
+                    ),
+                ];
+                for (f, span) in conflicting {
+                    if let Some(span) = span {
+                        self.err(span, k(f), "a public route (auth = \"none\") checks no token; remove this key or set auth = \"required\"");
+                        ok = false;
+                    }
+                }
+                if let Some(f) = r.row_filters.first() {
+                    self.err(f.span(), k("row_filters"), "a public route (auth = \"none\") has no caller to filter for; remove the filters or set auth = \"required\"");
+                    ok = false;
+                }
+                if let Some(is) = r.issuers.as_ref().and_then(|l| l.first()) {
+                    self.err(is.span(), k("issuers"), "a public route (auth = \"none\") checks no token; remove issuers or set auth = \"required\"");
+                    ok = false;
+                }
+            } else if issuers.is_empty() && raw.issuers.is_empty() {
+                self.err(rs.span(), format!("routes[{i}]"), "needs a token but no [issuers.NAME] is configured; add one or set auth = \"none\"");
+                ok = false;
+            }
+            let mut row_filters = Vec::new();
+            let mut seen_headers = HashSet::new();
+            for (j, f) in r.row_filters.iter().enumerate() {
+                let fr = f.get_ref();
+                let fk = |x: &str| format!("routes[{i}].row_filters[{j}].{x}");
+                let hname = fr.header.get_ref().to_ascii_lowercase();
+                let header = match HeaderName::from_bytes(hname.as_bytes()) {
+                    Ok(h) if RESERVED_HEADERS.contains(&hname.as_str()) => {
+                        let kind = if HOP_BY_HOP.contains(&hname.as_str()) {
+                            "a hop-by-hop header (never forwarded)"
+                        } else if IDENTITY_HEADERS.contains(&hname.as_str()) {
+                            "an identity header (gatehouse sets it from the token)"
+                        } else {
+                            "a header gatehouse sets or relies on"
+                        };
+                        self.err(
+                            fr.header.span(),
+                            fk("header"),
+                            format!(
+                                "{:?} is {kind}; pick another name (e.g. X-Row-Filter)",
+                                fr.header.get_ref()
+                            ),
+                        );
+                        ok = false;
+                        Some(h)
+                    }
+                    Ok(h) => Some(h),
+                    Err(_) => {
+                        self.err(
+                            fr.header.span(),
+                            fk("header"),
+                            format!("{:?} is not a valid header name", fr.header.get_ref()),
+                        );
+                        ok = false;
+                        None
+                    }
+                };
+                if !seen_headers.insert(hname.clone()) {
+                    self.err(
+                        fr.header.span(),
+                        fk("header"),
+                        format!(
+                            "{:?} is set twice on this route; one header, one filter",
+                            fr.header.get_ref()
+                        ),
+                    );
+                    ok = false;
+                }
+                let template = match Template::parse(fr.value.get_ref()) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        self.err(fr.value.span(), fk("value"), e);
+                        ok = false;
+                        None
+                    }
+                };
+                let mut except = Vec::new();
+                for role in &fr.except_roles {
+                    if !raw.roles.contains_key(role.get_ref()) {
+                        self.err(
+                            role.span(),
+                            fk("except_roles"),
+                            format!(
+                                "unknown role {:?} (known: {}); declare it as [roles.{}]",
+                                role.get_ref(),
+                                known(role_names.clone()),
+                                role.get_ref()
+                            ),
+                        );
+                        ok = false;
+                    }
+                    except.push(role.get_ref().clone());
+                }
+                if let (Some(header), Some(template)) = (header, template) {
+                    row_filters.push(RowFilter {
+                        header,
+                        template,
+                        except_roles: except,
+                    });
+                }
+            }
+            let (line, _) = self.line_col(rs.span().start);
+            let route = Route {
+                index: i,
+                name,
+                host,
+                path_prefix: normalize_prefix(prefix),
+                methods,
+                upstream: r.upstream.get_ref().clone(),
+                issuers: route_issuers,
+                allow_roles,
+                require_scopes,
+                require_mfa,
+                forward_token: r.forward_token.unwrap_or(false),
+                auth,
+                row_filters,
+                line,
+            };
+            if ok {
+                if let Some(earlier) = out.iter().find(|e| route.shadowed_by(e)) {
+                    self.err(
+                        rs.span(),
+                        format!("routes[{i}]"),
+                        format!(
+                            "route {:?} is never reached: routes[{}] ({:?}) matches every request it would; move it above routes[{}] or narrow it",
+                            route.name, earlier.index, earlier.name, earlier.index
+                        ),
+                    );
+                }
+                out.push(route);
+            }
+        }
+        out
+    }
+}
