@@ -1,10 +1,20 @@
 //! Operational logs through `tracing`: a `RUST_LOG`-style filter, `json` or `pretty`
-//! output to stderr, and pingora's `log` records routed in. rustls's per-handshake
-//! warnings (IP-address SNI, scanners) are kept at error level, and pingora's
+//! output to stderr, and pingora's `log` records routed in.
+//!
+//! Nothing secret may reach a log, whatever `RUST_LOG` says: the engine crates (pingora,
+//! h2, hyper) dump whole request headers (tokens, cookies, query strings) at debug and
+//! trace level, so their records below info are dropped by a filter that `RUST_LOG` cannot
+//! lift. pingora's own error lines summarise requests through
+//! `ProxyHttp::request_summary`, which gatehouse overrides to leave the query out.
+//! rustls's per-handshake warnings (IP-address SNI) are kept at error level, and pingora's
 //! per-connection handshake failures (scanners, health probes) are off unless asked for
 //! with `RUST_LOG=pingora_core::services::listening=error`.
 
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing::Level;
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, Layer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -15,14 +25,53 @@ pub enum LogFormat {
 /// The default filter when `RUST_LOG` is not set.
 pub const DEFAULT_FILTER: &str = "info,rustls=error,pingora_core::services::listening=off,pingora_core::listeners=warn,pingora_core::protocols=warn,pingora_proxy=warn,h2=warn,hyper=warn";
 
+/// Crates whose debug and trace records carry request headers.
+const HEADER_DUMPING: &[&str] = &["pingora", "h2", "hyper", "reqwest", "tower", "tokio_rustls"];
+
+/// Whether a record may be written: false for debug/trace records of the crates above.
+pub fn allowed(target: &str, level: &Level) -> bool {
+    !(*level > Level::INFO && HEADER_DUMPING.iter().any(|t| target.starts_with(t)))
+}
+
 /// Installs the global subscriber once; later calls do nothing.
 pub fn init(format: LogFormat) {
     let _ = tracing_log::LogTracer::init();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let guard = filter_fn(|meta| allowed(meta.target(), meta.level()));
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr)
+                    .with_filter(guard),
+            )
+            .try_init(),
+        LogFormat::Pretty => tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                fmt::layer()
+                    .compact()
+                    .with_writer(std::io::stderr)
+                    .with_filter(guard),
+            )
+            .try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_debug_records_are_dropped_whatever_the_filter() {
+        assert!(!allowed("pingora_proxy::proxy_h1", &Level::DEBUG));
+        assert!(!allowed("h2::codec", &Level::TRACE));
+        assert!(!allowed("hyper::proto", &Level::DEBUG));
+        assert!(allowed("pingora_proxy", &Level::WARN));
+        assert!(allowed("gatehouse::reload", &Level::DEBUG));
+    }
 }

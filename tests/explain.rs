@@ -160,7 +160,7 @@ impl Fx {
         };
         let (out, err, code) =
             explain::run(&self.config(), token, claims, method, url, as_json, &opts);
-        if let Some(t) = token {
+        if let Some(t) = token.filter(|t| !t.is_empty()) {
             assert!(!out.contains(t) && !err.contains(t), "token printed back");
             // Nor the signature or payload part on their own.
             for part in t.split('.').skip(1) {

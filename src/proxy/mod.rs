@@ -464,6 +464,22 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// pingora's error lines describe a request with this: method, path and route only,
+    /// never the query string, a header or a token.
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {} route={} request_id={}",
+            req.method,
+            req.uri.path(),
+            ctx.route
+                .as_ref()
+                .map(|r| r.name.as_str())
+                .unwrap_or("_none"),
+            ctx.request_id
+        )
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session
             .response_written()

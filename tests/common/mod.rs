@@ -330,6 +330,22 @@ read_timeout_ms = 1500
         })
     }
 
+    /// Every audit line written so far, waiting (up to 5 s) until one carries each of
+    /// `request_ids`: the line is written after the response has gone out.
+    pub fn audit_lines_for(&self, request_ids: &[&str]) -> Vec<Value> {
+        let start = std::time::Instant::now();
+        loop {
+            let lines = self.audit_lines();
+            let all = request_ids
+                .iter()
+                .all(|id| lines.iter().any(|l| l["request_id"] == *id));
+            if all || start.elapsed() > Duration::from_secs(5) {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Every audit line written so far (flushes first).
     pub fn audit_lines(&self) -> Vec<Value> {
         let audit = self.gw().shared.audit.clone();
