@@ -408,7 +408,10 @@ fn verify_token(
     let (header, payload) = peeked.unwrap_or_default();
     let issuer = wait_for.first();
     let pass_detail = |i: usize| -> String {
-        let s = |m: &Map<String, Value>, k: &str| m.get(k).map(|v| v.to_string());
+        let s = |m: &Map<String, Value>, k: &str| {
+            m.get(k)
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+        };
         match i {
             0 => "JWS compact, header and payload decode".into(),
             1 => issuer
@@ -684,7 +687,7 @@ fn authz_checks(
                     let skip = f.except_roles.iter().any(|x| held.contains(&x.as_str()));
                     format!(
                         "{}={}{}",
-                        f.header,
+                        crate::policy::matrix::display_header(f.header.as_str()),
                         f.template.source(),
                         if skip {
                             " (not applied: except_roles)"

@@ -1,4 +1,4 @@
-//! The `gatehouse` command line: serve | check | demo | certs.
+//! The `gatehouse` command line: serve | check | demo | certs | matrix | explain.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +40,32 @@ enum Cmd {
         /// HTTPS port of the gateway (0 = any free port).
         #[arg(long, default_value_t = 8443)]
         port: u16,
+    },
+    /// Print the access matrix (roles × routes × read/update) and policy findings.
+    Matrix {
+        #[arg(short, long, default_value = "config/gatehouse.toml")]
+        config: PathBuf,
+        #[arg(long, value_parser = ["text", "csv", "md"], default_value = "text")]
+        format: String,
+    },
+    /// Dry-run one request through routing, authentication and authorization.
+    Explain {
+        #[arg(short, long, default_value = "config/gatehouse.toml")]
+        config: PathBuf,
+        /// Bearer token (JWT); `-` reads it from stdin, `@FILE` from a file.
+        #[arg(long)]
+        token: Option<String>,
+        /// JSON file of already-verified claims (signature and key checks skipped).
+        #[arg(long)]
+        claims: Option<PathBuf>,
+        /// HTTP method.
+        #[arg(short = 'X', long = "request", default_value = "GET")]
+        method: String,
+        /// Print one JSON object instead of the step-by-step text.
+        #[arg(long)]
+        json: bool,
+        /// The request URL, e.g. https://api.example.com/orders/7
+        url: String,
     },
     /// Write a development PKI as PEM files.
     Certs {
@@ -109,6 +135,24 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Matrix { config, format } => {
+            ExitCode::from(gatehouse::policy::matrix::matrix_cli(&config, &format) as u8)
+        }
+        Cmd::Explain {
+            config,
+            token,
+            claims,
+            method,
+            json,
+            url,
+        } => ExitCode::from(gatehouse::explain::explain_cli(
+            &config,
+            token.as_deref(),
+            claims.as_deref(),
+            &method,
+            &url,
+            json,
+        ) as u8),
         Cmd::Demo { port } => match gatehouse::demo::run(port) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

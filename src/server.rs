@@ -308,7 +308,8 @@ impl Drop for Gatehouse {
     }
 }
 
-/// `/readyz`: config loaded (always, once running), every issuer has keys.
+/// `/readyz`: config loaded (always, once running), every issuer has keys, the audit
+/// log can be written.
 fn readiness(shared: &Shared) -> Result<(), String> {
     let live = shared.live.load();
     let missing = live.auth.not_ready();
@@ -318,7 +319,10 @@ fn readiness(shared: &Shared) -> Result<(), String> {
             missing.join(", ")
         ));
     }
-    Ok(())
+    shared
+        .audit
+        .healthy()
+        .map_err(|e| format!("audit log: {e}"))
 }
 
 struct NoCallbacks;
@@ -435,6 +439,7 @@ async fn drain(
             "drain timeout reached; exiting"
         );
     }
+    let _ = tokio::time::timeout(Duration::from_secs(5), shared.audit.flush()).await;
     exit_now();
 }
 

@@ -294,6 +294,23 @@ fn every_denial_has_status_challenge_problem_body_and_metric() {
             },
             "bad_signature",
         ),
+        case(
+            "ES256 signature under the RSA key's kid",
+            SigningKey::generate(KeyAlg::ES256)
+                .unwrap()
+                .with_kid(known_kid.clone())
+                .sign(&claims),
+            "disallowed_algorithm",
+        ),
+        case(
+            "PS256 header on a key published for RS256",
+            {
+                let mut h = Header::new(Algorithm::PS256);
+                h.kid = Some(known_kid.clone());
+                rsa.sign_with_header(h, &claims)
+            },
+            "disallowed_algorithm",
+        ),
         case("unknown kid", stranger.sign(&claims), "unknown_key"),
         case("jku header", signed_with(jku), "malformed_token"),
         case("x5u header", signed_with(x5u), "malformed_token"),

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gatehouse::devkit::{jwks, DevPki, KeyAlg, SigningKey};
+use gatehouse::devkit::{jwks, DevPki, IssuerOptions, KeyAlg, MockIssuer, SigningKey};
 use gatehouse::explain::{self, Options};
 use serde_json::{json, Value};
 
@@ -92,19 +92,18 @@ issuers = ["down"]
 struct Fx {
     dir: tempfile::TempDir,
     key: SigningKey,
+    pki: DevPki,
 }
 
 impl Fx {
     fn new() -> Fx {
         let dir = tempfile::tempdir().unwrap();
-        DevPki::generate()
-            .unwrap()
-            .write_to(&dir.path().join("certs"))
-            .unwrap();
+        let pki = DevPki::generate().unwrap();
+        pki.write_to(&dir.path().join("certs")).unwrap();
         let key = SigningKey::generate(KeyAlg::ES256).unwrap();
         std::fs::write(dir.path().join("corp.jwks.json"), jwks(&[&key]).to_string()).unwrap();
         std::fs::write(dir.path().join("gatehouse.toml"), CONFIG).unwrap();
-        Fx { dir, key }
+        Fx { dir, key, pki }
     }
 
     fn config(&self) -> PathBuf {
@@ -441,4 +440,54 @@ fn bad_input_exits_1() {
         true,
     );
     assert_eq!(code, 0, "{v:#}");
+}
+
+/// With `--token`, keys come from the issuer's configured source: here OIDC discovery
+/// against the devkit issuer over HTTPS.
+#[test]
+fn token_keys_from_discovery() {
+    let fx = Fx::new();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let idp = rt
+        .block_on(MockIssuer::start(
+            &fx.pki.server,
+            IssuerOptions {
+                audience: AUD.into(),
+                algs: vec![KeyAlg::ES256],
+                ..IssuerOptions::default()
+            },
+        ))
+        .unwrap();
+    let config = CONFIG.replace(
+        "[issuers.down]",
+        &format!(
+            "[issuers.idp]\nissuer = \"{}\"\ndiscovery = true\nca = \"certs/ca.crt\"\naudiences = [\"{AUD}\"]\n\n[issuers.down]",
+            idp.issuer_url()
+        ),
+    );
+    std::fs::write(fx.config(), config).unwrap();
+    let t = idp.mint(
+        KeyAlg::ES256,
+        json!({"groups": ["sg-data-stewards"], "region": "eu-west", "scope": "orders.read"}),
+    );
+    let (v, code, out) = fx.run_token("GET", ORDERS, &t);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["decision"], "allow");
+    let keys = v["token_checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "issuer keys")
+        .unwrap()
+        .clone();
+    assert!(
+        keys["detail"].as_str().unwrap().starts_with("discovery "),
+        "{keys}"
+    );
+    assert!(idp.jwks_requests() >= 1);
+    rt.block_on(idp.shutdown());
 }

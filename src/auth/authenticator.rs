@@ -80,7 +80,10 @@ impl Authenticator {
         let mut out = Vec::with_capacity(issuers.len());
         let mut by_iss = HashMap::new();
         for (settings, fetcher) in issuers {
-            let reused = previous.and_then(|p| {
+            // A JWKS file is re-read on every reload (SIGHUP is how an operator installs
+            // new static keys), so its store is never carried over.
+            let from_file = matches!(settings.keys, KeySource::JwksFile(_));
+            let reused = previous.filter(|_| !from_file).and_then(|p| {
                 p.issuers
                     .iter()
                     .find(|i| *i.settings == settings)

@@ -141,7 +141,7 @@ impl Explanation {
             .is_some_and(|r| r.auth == AuthMode::None);
         if self.route.is_some() {
             let _ = writeln!(s);
-            let _ = writeln!(s, "2. token: {}", self.credential);
+            let _ = writeln!(s, "2. authentication: {}", self.credential);
             if public {
                 let _ = writeln!(
                     s,
@@ -149,13 +149,7 @@ impl Explanation {
                 );
             }
             for c in &self.token_checks {
-                let _ = writeln!(
-                    s,
-                    "   [{:<11}] {:<12} {}",
-                    c.result.as_str(),
-                    c.name,
-                    c.detail
-                );
+                let _ = writeln!(s, "{}", check_line(c));
             }
         }
         if !self.token_checks.is_empty()
@@ -178,13 +172,7 @@ impl Explanation {
             let _ = writeln!(s);
             let _ = writeln!(s, "4. authorization");
             for c in &self.authz_checks {
-                let _ = writeln!(
-                    s,
-                    "   [{:<11}] {:<12} {}",
-                    c.result.as_str(),
-                    c.name,
-                    c.detail
-                );
+                let _ = writeln!(s, "{}", check_line(c));
             }
         }
         let _ = writeln!(s);
@@ -226,6 +214,13 @@ impl Explanation {
         };
         s
     }
+}
+
+fn check_line(c: &Check) -> String {
+    let mark = format!("[{}]", c.result.as_str());
+    format!("   {mark:<14}{:<13}{}", c.name, c.detail)
+        .trim_end()
+        .to_string()
 }
 
 /// Headers stripped from the client's request on `route`.

@@ -15,7 +15,6 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
@@ -224,18 +223,18 @@ pub fn build(rt: &Runtime) -> Matrix {
     }
 }
 
-/// The synthetic verified caller of one cell: holds exactly `role` (through the roles
-/// claim), the route's scopes, MFA when needed, and every claim its row filters read.
-pub fn synthetic_identity(rt: &Runtime, route: &Route, role: Option<&str>) -> Identity {
-    let issuer = route
+/// The synthetic verified caller of one cell, built from claims through the issuer's
+/// claim mapping ([`Identity::from_claims`], as the verifier does): exactly `role` in the
+/// roles claim (none for `(authenticated)`), the route's scopes, an MFA `amr` when the
+/// route needs one, and a value for every claim its row filters read. `None` when no
+/// issuer is configured (then no route can need a token).
+pub fn synthetic_identity(rt: &Runtime, route: &Route, role: Option<&str>) -> Option<Identity> {
+    let settings = route
         .issuers
         .as_ref()
         .and_then(|l| l.first())
         .and_then(|n| rt.issuers.iter().find(|i| &i.name == n))
-        .or_else(|| rt.issuers.first());
-    let (issuer_name, iss) = issuer
-        .map(|i| (i.name.clone(), i.issuer.clone()))
-        .unwrap_or_else(|| ("(none)".into(), "(none)".into()));
+        .or_else(|| rt.issuers.first())?;
     let mut claims = Map::new();
     for f in &route.row_filters {
         for ph in f.template.placeholders() {
@@ -246,24 +245,29 @@ pub fn synthetic_identity(rt: &Runtime, route: &Route, role: Option<&str>) -> Id
             }
         }
     }
+    claims.insert("iss".into(), json!(settings.issuer));
     claims.insert("sub".into(), json!("matrix"));
-    Identity {
-        issuer: issuer_name,
-        iss,
-        sub: Some("matrix".into()),
-        client_id: Some(SYNTHETIC_CLIENT.into()),
-        is_client: false,
-        roles: role.map(|r| vec![r.to_string()]).unwrap_or_default(),
-        groups: Vec::new(),
-        scopes: route.require_scopes.clone(),
-        amr: if route.require_mfa {
-            vec!["mfa".into()]
+    claims.insert(settings.client_id_claim.clone(), json!(SYNTHETIC_CLIENT));
+    claims.insert(settings.groups_claim.clone(), json!([]));
+    claims.insert(
+        settings.roles_claim.clone(),
+        json!(role.map(|r| vec![r]).unwrap_or_default()),
+    );
+    claims.insert(settings.scopes_claim.clone(), json!(route.require_scopes));
+    claims.insert(
+        "amr".into(),
+        json!(if route.require_mfa {
+            vec!["mfa"]
         } else {
-            Vec::new()
-        },
-        exp: u64::MAX,
-        claims: Arc::new(Value::Object(claims)),
-    }
+            vec![]
+        }),
+    );
+    Some(Identity::from_claims(
+        settings,
+        settings.issuer.clone(),
+        u64::MAX,
+        Value::Object(claims),
+    ))
 }
 
 /// One cell, decided by [`rbac::decide`]. `role` is `None` for `(authenticated)`.
@@ -283,7 +287,10 @@ pub fn cell(rt: &Runtime, route: &Route, role: Option<&str>, access: Access) -> 
         e.decision = Decision::Public;
         return e;
     }
-    let id = synthetic_identity(rt, route, role);
+    let Some(id) = synthetic_identity(rt, route, role) else {
+        e.decision = Decision::Deny;
+        return e;
+    };
     match rbac::decide(route, &id, &rt.roles) {
         Ok(grant) => {
             e.decision = Decision::Allow;

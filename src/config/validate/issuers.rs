@@ -33,32 +33,37 @@ impl Validator<'_> {
             [false, false, true] => {
                 let f = r.jwks_file.as_ref().unwrap();
                 let p = self.path(f.get_ref());
-                match std::fs::read(&p).map_err(|e| e.to_string()).and_then(|b| {
-                    serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
-                }) {
-                    Ok(v)
-                        if v.get("keys")
-                            .and_then(|k| k.as_array())
-                            .is_some_and(|a| !a.is_empty()) =>
-                    {
-                        Some(KeySource::JwksFile(p))
-                    }
-                    Ok(_) => {
-                        self.err(
-                            f.span(),
-                            k("jwks_file"),
-                            format!(
-                                "{} holds no keys; it must be a JWKS: {{\"keys\": [...]}}",
-                                p.display()
-                            ),
-                        );
-                        None
-                    }
+                match std::fs::read(&p) {
+                    // Parsed exactly as the verifier will: a file whose keys are all
+                    // unusable (wrong type, `use = "enc"`, short RSA) is refused here
+                    // rather than locking every caller out at run time.
+                    Ok(b) => match crate::auth::jwks::parse_jwks(name, &b) {
+                        Ok(set) if !set.keys.is_empty() => Some(KeySource::JwksFile(p)),
+                        Ok(_) => {
+                            self.err(
+                                f.span(),
+                                k("jwks_file"),
+                                format!(
+                                    "{} holds no usable signature key; it must be a JWKS {{\"keys\": [...]}} with RSA (2048+ bits), EC P-256/P-384 or Ed25519 keys",
+                                    p.display()
+                                ),
+                            );
+                            None
+                        }
+                        Err(e) => {
+                            self.err(
+                                f.span(),
+                                k("jwks_file"),
+                                format!("{} is not a JWKS: {e}", p.display()),
+                            );
+                            None
+                        }
+                    },
                     Err(e) => {
                         self.err(
                             f.span(),
                             k("jwks_file"),
-                            format!("cannot read {} as JSON: {e}", p.display()),
+                            format!("cannot read {}: {e}", p.display()),
                         );
                         None
                     }
