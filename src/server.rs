@@ -16,7 +16,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::{self, metrics};
@@ -153,33 +153,38 @@ impl Gatehouse {
             bg.handle().clone(),
         ));
 
-        // Admin and redirect listeners: bound here so that a port in use fails the start.
+        // Admin and redirect listeners: bound here so that a port in use fails the start;
+        // during a binary upgrade the old process still holds them, so they are bound as
+        // soon as it lets go.
         let (stop_tx, stop_rx) = watch::channel(false);
         let admin_addr = match rt.admin_listen {
             Some(addr) => {
-                let l = bg.block_on(admin::bind(addr, "admin.listen"))?;
-                let local = l.local_addr()?;
                 let shared_r = shared.clone();
                 let ready: admin::ReadyCheck = Arc::new(move || readiness(&shared_r));
-                bg.spawn(admin::serve_plain(
-                    l,
+                let handler = admin::admin_handler(ready);
+                Some(listen_plain(
+                    &bg,
+                    addr,
+                    "admin.listen",
+                    opts.upgrade,
                     stop_rx.clone(),
-                    admin::admin_handler(ready),
-                ));
-                Some(local)
+                    handler,
+                )?)
             }
             None => None,
         };
         let redirect_addr = match rt.server.redirect_http {
             Some(addr) => {
-                let l = bg.block_on(admin::bind(addr, "server.redirect_http"))?;
-                let local = l.local_addr()?;
-                bg.spawn(admin::serve_plain(
-                    l,
+                let handler =
+                    admin::redirect_handler(rt.server.listen.port(), rt.server.hsts_max_age_s);
+                Some(listen_plain(
+                    &bg,
+                    addr,
+                    "server.redirect_http",
+                    opts.upgrade,
                     stop_rx.clone(),
-                    admin::redirect_handler(rt.server.listen.port(), rt.server.hsts_max_age_s),
-                ));
-                Some(local)
+                    handler,
+                )?)
             }
             None => None,
         };
@@ -218,6 +223,7 @@ impl Gatehouse {
         service.add_tls_with_settings(&rt.server.listen.to_string(), None, settings);
         server.add_service(service);
 
+        let phases = server.watch_execution_phase();
         let (sig_tx, sig_rx) = mpsc::unbounded_channel();
         let watch = ChannelSignal(tokio::sync::Mutex::new(sig_rx));
         let pingora_thread = std::thread::Builder::new()
@@ -236,6 +242,7 @@ impl Gatehouse {
                 reloader.clone(),
                 shared.clone(),
                 sig_tx.clone(),
+                phases,
                 rt.server.drain_timeout_s,
             ));
         }
@@ -308,6 +315,46 @@ impl Drop for Gatehouse {
     }
 }
 
+/// Binds and serves a plain-HTTP listener on the background runtime. With `upgrade`, a
+/// port still held by the old process is retried every 100 ms for a minute.
+fn listen_plain<F, Fut>(
+    bg: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    key: &'static str,
+    upgrade: bool,
+    stop: watch::Receiver<bool>,
+    handler: F,
+) -> anyhow::Result<SocketAddr>
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<http_body_util::Full<bytes::Bytes>>>
+        + Send
+        + 'static,
+{
+    match bg.block_on(admin::bind(addr, key)) {
+        Ok(l) => {
+            let local = l.local_addr()?;
+            bg.spawn(admin::serve_plain(l, stop, handler));
+            Ok(local)
+        }
+        Err(e) if !upgrade => Err(e),
+        Err(_) => {
+            bg.spawn(async move {
+                for _ in 0..600 {
+                    if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+                        tracing::info!(%addr, key, "listener taken over after upgrade");
+                        admin::serve_plain(l, stop, handler).await;
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tracing::error!(%addr, key, "could not bind after the upgrade");
+            });
+            Ok(addr)
+        }
+    }
+}
+
 /// `/readyz`: config loaded (always, once running), every issuer has keys, the audit
 /// log can be written.
 fn readiness(shared: &Shared) -> Result<(), String> {
@@ -330,13 +377,19 @@ struct NoCallbacks;
 #[async_trait]
 impl pingora::listeners::TlsAccept for NoCallbacks {}
 
+/// The Unix socket over which pingora hands listening sockets to a new process: one per
+/// config file (old and new process must agree; two gateways on one host must not).
 fn upgrade_sock(config: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let full = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    full.hash(&mut h);
     let name = config
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "gatehouse".into());
     std::env::temp_dir()
-        .join(format!("gatehouse-{name}-upgrade.sock"))
+        .join(format!("gatehouse-{name}-{:08x}.sock", h.finish() as u32))
         .display()
         .to_string()
 }
@@ -390,6 +443,7 @@ async fn signal_loop(
     reloader: Arc<Reloader>,
     shared: Arc<Shared>,
     pingora: mpsc::UnboundedSender<ShutdownSignal>,
+    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
     drain_timeout_s: u64,
 ) {
     let Signals {
@@ -410,7 +464,20 @@ async fn signal_loop(
             _ = quit.recv() => {
                 tracing::info!("SIGQUIT: handing the listening sockets to the new process");
                 let _ = pingora.send(ShutdownSignal::GracefulUpgrade);
+                // Keep serving until pingora has sent the sockets and stopped accepting
+                // (it gives the new process a few seconds first), then drain.
+                let handed_over = async {
+                    loop {
+                        match phases.recv().await {
+                            Ok(ExecutionPhase::ShutdownStarted | ExecutionPhase::ShutdownGracePeriod | ExecutionPhase::Terminated) => break,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                            _ => {}
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(30), handed_over).await;
                 wait_idle(&shared, drain_timeout_s).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), shared.audit.flush()).await;
                 exit_now();
             }
         }

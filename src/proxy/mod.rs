@@ -93,6 +93,8 @@ pub struct Ctx {
     upstream_status: Option<u16>,
     /// Status of a response the gateway made itself.
     own_status: Option<u16>,
+    /// One span per request: every gatehouse log line about it carries `request_id`.
+    span: tracing::Span,
     _inflight: InflightGuard,
 }
 
@@ -237,6 +239,11 @@ impl ProxyHttp for Gateway {
             upstream_start: None,
             upstream_status: None,
             own_status: None,
+            span: tracing::info_span!(
+                "request",
+                request_id = tracing::field::Empty,
+                route = tracing::field::Empty
+            ),
             _inflight: InflightGuard(self.shared.clone()),
         }
     }
@@ -247,6 +254,7 @@ impl ProxyHttp for Gateway {
         let live = ctx.live.clone();
         let req = session.req_header();
         ctx.request_id = headers::request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+        ctx.span.record("request_id", ctx.request_id.as_str());
         let path = req.uri.path().to_string();
         if let Err(why) = route::check_path(&path) {
             self.respond(session, ctx, &Problem::bad_path(why)).await?;
@@ -260,6 +268,7 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         ctx.route = Some(route.clone());
+        ctx.span.record("route", route.name.as_str());
         headers::strip(session.req_header_mut(), &live.rt.owned_headers);
         let authz = session
             .req_header()
@@ -446,7 +455,7 @@ impl ProxyHttp for Gateway {
         };
         let code = match problem {
             Some(p) => {
-                tracing::warn!(request_id = %ctx.request_id, status = p.status, error = %e.etype().as_str(), "proxy failure");
+                tracing::warn!(parent: &ctx.span, request_id = %ctx.request_id, status = p.status, error = %e.etype().as_str(), "proxy failure");
                 if self.respond(session, ctx, &p).await.is_err() {
                     0
                 } else {
@@ -498,6 +507,7 @@ impl ProxyHttp for Gateway {
         metrics::REQUEST_DURATION
             .with_label_values(&[route])
             .observe(ctx.start.elapsed().as_secs_f64());
+        tracing::debug!(parent: &ctx.span, status, method, duration_ms = ctx.start.elapsed().as_millis() as u64, "request done");
         if let Some(r) = &ctx.route {
             let rec = self.audit_record(session, ctx, r, status);
             self.shared.audit.write(rec).await;
