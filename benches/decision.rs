@@ -150,6 +150,21 @@ fn bench(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+    let grant = match f.io.block_on(f.live.decide(&route, Some(authz.as_bytes()))) {
+        Outcome::Allow(g) => g,
+        _ => unreachable!(),
+    };
+    g.bench_function("part: inject 5 headers into pingora's request", |b| {
+        b.iter_batched_ref(
+            new_req,
+            |req| {
+                for (n, v) in &grant.headers {
+                    req.insert_header(n.clone(), v.clone()).unwrap();
+                }
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
     g.bench_function("part: cache key (sha256 of token)", |b| {
         b.iter(|| gatehouse::cache::DecisionCache::key(route.index, &f.token))
     });
