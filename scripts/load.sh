@@ -22,7 +22,7 @@ demo=$!
 trap 'kill -INT $demo 2>/dev/null; wait $demo 2>/dev/null; rm -f "$out"' EXIT
 for _ in $(seq 100); do grep -q '^# 7' "$out" && break; sleep 0.2; done
 base=$(grep -m1 -o 'https://localhost:[0-9]*' "$out")
-token=$(grep -m1 -A1 '^# 1\.' "$out" | grep -o 'Bearer [^"]*' | head -1)
+token=$(grep -m1 -o 'Bearer [^"$]*"' "$out" | tr -d '"')
 [ -n "$base" ] && [ -n "$token" ] || { echo "demo did not start" >&2; cat "$out" >&2; exit 1; }
 
 run() { # name, path, extra wrk args...
