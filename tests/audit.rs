@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -189,22 +189,14 @@ fn no_token_cookie_or_query_string_in_any_log() {
         start_gateway: false,
         ..EnvOptions::default()
     });
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(["--log-format", "json", "serve", "-c"])
-        .arg(&env.config)
+    let mut child = serve_command(&env)
+        .args(["--log-format", "json"])
         .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    while std::net::TcpStream::connect(env.https).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "gateway did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(env.https);
     std::thread::sleep(Duration::from_millis(300));
     let good = env.token(json!({}));
     let expired = env.token(json!({"exp": 1_000_000_000}));
@@ -225,9 +217,7 @@ fn no_token_cookie_or_query_string_in_any_log() {
         );
         assert!(r.status == 200 || r.status == 401, "{}", r.status);
     }
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    send_signal(&child, libc::SIGTERM);
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM exits 0, got {status:?}");
     let mut out = String::new();

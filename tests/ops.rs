@@ -39,8 +39,18 @@ fn config_text(env: &Env) -> String {
 }
 
 #[test]
-fn route_change_by_reload_under_concurrent_traffic_fails_no_request() {
-    let env = ops_env();
+fn route_change_by_sighup_under_concurrent_traffic_fails_no_request() {
+    let env = Env::with(EnvOptions {
+        routes: OPS_ROUTES.to_string(),
+        start_gateway: false,
+        ..EnvOptions::default()
+    });
+    let mut child = serve_command(&env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(env.https);
     let token = env.token(json!({}));
     assert_eq!(env.get("/extra", Some(&token), false).status, 404);
     let ok = Arc::new(AtomicUsize::new(0));
@@ -67,20 +77,20 @@ fn route_change_by_reload_under_concurrent_traffic_fails_no_request() {
     }
     let base = config_text(&env);
     for n in 0..5 {
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(300));
         let text = format!(
             "{base}\n[[routes]]\nname = \"extra\"\npath_prefix = \"/extra\"\nupstream = \"echo\"\nallow_roles = []\n# reload {n}\n"
         );
         std::fs::write(&env.config, text).unwrap();
-        env.gw().reload().expect("valid config reloads");
+        send_signal(&child, libc::SIGHUP);
     }
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         env.block_on(w).unwrap();
     }
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    eprintln!("reload under traffic: {ok} requests succeeded, {failed} failed, 5 reloads");
+    eprintln!("SIGHUP under traffic: {ok} requests succeeded, {failed} failed, 5 reloads");
     assert!(ok > 50, "traffic flowed: {ok}");
     assert_eq!(failed, 0, "no request failed across 5 reloads");
     assert_eq!(
@@ -88,8 +98,109 @@ fn route_change_by_reload_under_concurrent_traffic_fails_no_request() {
         200,
         "the new route serves"
     );
-    let m = env.metrics();
-    assert!(metric_value(&m, "gatehouse_config_reloads_total", &[("result", "ok")]) >= 5.0);
+    let admin = config_text(&env)
+        .lines()
+        .skip_while(|l| *l != "[admin]")
+        .nth(1)
+        .and_then(|l| l.split('"').nth(1))
+        .unwrap()
+        .to_string();
+    let m = env.block_on(async {
+        reqwest::get(format!("http://{admin}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert_eq!(
+        metric_value(&m, "gatehouse_config_reloads_total", &[("result", "ok")]),
+        5.0
+    );
+    send_signal(&child, libc::SIGTERM);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn in_flight_request_finishes_under_the_config_it_started_with() {
+    let env = ops_env();
+    let client = env.client(false);
+    let url = env.url("/slow?ms=1000");
+    let inflight = env
+        .rt
+        .spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) });
+    std::thread::sleep(Duration::from_millis(300));
+    let without_slow = config_text(&env).replace(
+        "name = \"slow\"\npath_prefix = \"/slow\"",
+        "name = \"slow\"\npath_prefix = \"/gone\"",
+    );
+    std::fs::write(&env.config, without_slow).unwrap();
+    env.gw().reload().expect("valid");
+    assert_eq!(
+        env.block_on(inflight).unwrap().expect("completes"),
+        200,
+        "the old route finished it"
+    );
+    assert_eq!(
+        env.get("/slow?ms=1", None, false).status,
+        404,
+        "new requests see the new config"
+    );
+}
+
+#[test]
+fn jwks_file_is_reread_on_reload() {
+    use gatehouse::devkit::{jwks, KeyAlg, SigningKey};
+    let env = Env::with(EnvOptions {
+        routes: OPS_ROUTES.to_string(),
+        start_gateway: false,
+        ..EnvOptions::default()
+    });
+    let iss = "https://static.example";
+    let k1 = SigningKey::generate(KeyAlg::ES256).unwrap();
+    let k2 = SigningKey::generate(KeyAlg::ES256).unwrap();
+    let file = env.dir.path().join("static.jwks.json");
+    std::fs::write(&file, jwks(&[&k1]).to_string()).unwrap();
+    let text = config_text(&env).replace(
+        "[upstreams.echo]",
+        &format!("[issuers.static]\nissuer = \"{iss}\"\njwks_file = \"static.jwks.json\"\naudiences = [\"{AUDIENCE}\"]\n\n[upstreams.echo]"),
+    );
+    std::fs::write(&env.config, text).unwrap();
+    let mut env = env;
+    env.start_gateway();
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({"iss": iss, "aud": AUDIENCE, "sub": "svc", "exp": now + 600, "groups": ["sg-data-stewards"]});
+    let t1 = k1.sign(&claims);
+    let t2 = k2.sign(&claims);
+    assert_eq!(env.get("/orders", Some(&t1), false).status, 200);
+    assert_eq!(
+        env.get("/orders", Some(&t2), false).status,
+        401,
+        "k2 is not published yet"
+    );
+    std::fs::write(&file, jwks(&[&k2]).to_string()).unwrap();
+    env.gw().reload().expect("valid");
+    assert_eq!(
+        env.get("/orders", Some(&t2), false).status,
+        200,
+        "the new file's key is used"
+    );
+    assert_eq!(
+        env.get("/orders", Some(&t1), false).status,
+        401,
+        "the removed key is gone"
+    );
+    std::fs::write(&file, "{\"keys\": []}").unwrap();
+    let err = env
+        .gw()
+        .reload()
+        .expect_err("a JWKS file without usable keys is refused");
+    assert!(err.to_string().contains("jwks_file"), "{err}");
+    assert_eq!(
+        env.get("/orders", Some(&t2), false).status,
+        200,
+        "still the last good keys"
+    );
 }
 
 #[test]
@@ -298,21 +409,12 @@ fn sigterm_lets_a_slow_in_flight_request_finish_then_exits_0() {
         .replace("read_timeout_ms = 1500", "read_timeout_ms = 10000")
         .replace("drain_timeout_s = 5", "drain_timeout_s = 30");
     std::fs::write(&env.config, text).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(["serve", "-c"])
-        .arg(&env.config)
+    let mut child = serve_command(&env)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(env.https).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "gateway did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(env.https);
     let client = env.client(false);
     let url = env.url("/slow?ms=2000");
     let inflight = env
@@ -320,9 +422,7 @@ fn sigterm_lets_a_slow_in_flight_request_finish_then_exits_0() {
         .spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) });
     std::thread::sleep(Duration::from_millis(500));
     let signalled = Instant::now();
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    send_signal(&child, libc::SIGTERM);
     let status = env
         .block_on(inflight)
         .unwrap()
@@ -349,27 +449,16 @@ fn sighup_to_the_process_reloads_routes() {
         start_gateway: false,
         ..EnvOptions::default()
     });
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(["serve", "-c"])
-        .arg(&env.config)
+    let mut child = serve_command(&env)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(env.https).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "gateway did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(env.https);
     assert_eq!(env.get("/extra", None, false).status, 404);
     let text = format!("{}\n[[routes]]\nname = \"extra\"\npath_prefix = \"/extra\"\nupstream = \"echo\"\nauth = \"none\"\n", config_text(&env));
     std::fs::write(&env.config, text).unwrap();
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGHUP);
-    }
+    send_signal(&child, libc::SIGHUP);
     let start = Instant::now();
     loop {
         let s = env.get("/extra", None, false).status;
@@ -382,8 +471,6 @@ fn sighup_to_the_process_reloads_routes() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    send_signal(&child, libc::SIGTERM);
     assert!(child.wait().unwrap().success());
 }

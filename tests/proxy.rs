@@ -182,3 +182,28 @@ fn ambiguous_paths_are_refused_before_routing() {
     }
     assert_eq!(env.echo().requests(), 0);
 }
+
+#[test]
+fn two_authorization_headers_are_refused() {
+    let env = Env::start();
+    let token = env.token(json!({}));
+    let bearer = format!("Bearer {token}");
+    let r = env.send(
+        reqwest::Method::GET,
+        "/orders",
+        None,
+        &[
+            ("authorization", bearer.as_str()),
+            ("authorization", "Bearer forged"),
+        ],
+        None,
+        false,
+    );
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("error=\"invalid_token\""));
+    assert_eq!(r.json()["type"], "urn:gatehouse:problem:malformed_token");
+    assert_eq!(env.echo().requests(), 0, "nothing reached the backend");
+}

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn serve(env: &Env, upgrade: bool) -> Child {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
-    c.args(["serve", "-c"]).arg(&env.config);
+    let mut c = serve_command(env);
     if upgrade {
         c.arg("--upgrade");
     }
@@ -21,12 +20,6 @@ fn serve(env: &Env, upgrade: bool) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-fn signal(child: &Child, sig: i32) {
-    unsafe {
-        libc::kill(child.id() as i32, sig);
-    }
 }
 
 #[test]
@@ -72,7 +65,7 @@ fn sigquit_hands_the_sockets_to_a_new_process_without_failed_requests() {
     }
     let mut new = serve(&env, true);
     std::thread::sleep(Duration::from_millis(1000));
-    signal(&old, libc::SIGQUIT);
+    send_signal(&old, libc::SIGQUIT);
     let old_exit = old.wait().unwrap();
     let served_by_old = ok.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(1000));
@@ -93,6 +86,6 @@ fn sigquit_hands_the_sockets_to_a_new_process_without_failed_requests() {
     assert_eq!(failed, 0, "no request failed during the hand-over");
     let r = env.get("/public", None, false);
     assert_eq!(r.status, 200);
-    signal(&new, libc::SIGTERM);
+    send_signal(&new, libc::SIGTERM);
     assert!(new.wait().unwrap().success());
 }

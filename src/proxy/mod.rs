@@ -38,10 +38,11 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::admin::metrics;
 use crate::audit::{AuditLog, AuditRecord};
+use crate::auth::{AuthError, DenyReason};
 use crate::config::Upstream;
 use crate::gate::{Live, Outcome};
 use crate::policy::rbac::Caller;
-use crate::policy::route::{self, Route};
+use crate::policy::route::{self, AuthMode, Route};
 use problem::Problem;
 
 /// State shared by every request; `live` is swapped on reload.
@@ -270,12 +271,23 @@ impl ProxyHttp for Gateway {
         ctx.route = Some(route.clone());
         ctx.span.record("route", route.name.as_str());
         headers::strip(session.req_header_mut(), &live.rt.owned_headers);
-        let authz = session
+        let mut all = session
             .req_header()
             .headers
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes().to_vec());
-        let (outcome, caller) = live.decide_with_caller(&route, authz.as_deref()).await;
+            .get_all(http::header::AUTHORIZATION)
+            .iter();
+        let authz = all.next().map(|v| v.as_bytes().to_vec());
+        // Two Authorization headers: which one a backend reads is anyone's guess, so the
+        // one gatehouse verified might not be the one that counts. Refuse.
+        let (outcome, caller) = if all.next().is_some() && route.auth == AuthMode::Required {
+            let e = AuthError::new(
+                DenyReason::MalformedToken,
+                "more than one Authorization header",
+            );
+            (Outcome::Deny(e), None)
+        } else {
+            live.decide_with_caller(&route, authz.as_deref()).await
+        };
         ctx.outcome = Some(outcome.clone());
         ctx.caller = caller;
         match outcome {

@@ -488,3 +488,31 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     }
     sum
 }
+
+/// `gatehouse serve -c CONFIG` for this env, to run as a child process (set stdio, spawn).
+pub fn serve_command(env: &Env) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+    c.args(["serve", "-c"])
+        .arg(&env.config)
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+/// Waits (up to 20 s) until something accepts TCP connections on `addr`.
+pub fn wait_listening(addr: SocketAddr) {
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nothing listening on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends a Unix signal to a child process.
+pub fn send_signal(child: &std::process::Child, sig: i32) {
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
