@@ -8,8 +8,7 @@
 //!   as `issuer_unavailable` (503), never a crash.
 //! - `--claims`: the claims are taken as already verified except for what the verifier
 //!   checks after the signature: `iss`, `aud`, `exp`, `nbf`/`iat` with the issuer's
-//!   leeway. The auth module keeps those checks private (`auth::jwt::check_claims`), so
-//!   [`check_claims`] here repeats them, same order, same reasons; the signature and
+//!   leeway, through the verifier's own `auth::jwt::check_claims`; the signature and
 //!   issuer-key checks are skipped and the output says so.
 //! - Roles with their source ([`rbac::roles_of`]), the decision and the row-filter
 //!   headers ([`rbac::decide`], percent-encoding included), the status the client gets.
@@ -463,64 +462,6 @@ fn verify_token(
     result
 }
 
-/// The registered-claim checks the verifier runs after the signature (`iss`, `aud`,
-/// `exp` required, `nbf`/`iat` with leeway), in its order; returns `exp`. Mirrors the
-/// auth module's private `jwt::check_claims`.
-pub fn check_claims(
-    payload: &Map<String, Value>,
-    settings: &IssuerSettings,
-    now: u64,
-) -> Result<u64, AuthError> {
-    if payload.get("iss").and_then(Value::as_str) != Some(settings.issuer.as_str()) {
-        return Err(AuthError::new(
-            DenyReason::WrongIssuer,
-            "issuer not trusted",
-        ));
-    }
-    let has = |a: &str| settings.audiences.iter().any(|x| x == a);
-    let aud_ok = match payload.get("aud") {
-        Some(Value::String(a)) => has(a),
-        Some(Value::Array(l)) => l.iter().filter_map(Value::as_str).any(has),
-        _ => false,
-    };
-    if !aud_ok {
-        return Err(AuthError::new(
-            DenyReason::WrongAudience,
-            "token is not meant for this audience",
-        ));
-    }
-    let date = |name: &str| -> Result<Option<u64>, AuthError> {
-        match payload.get(name) {
-            None => Ok(None),
-            Some(v) => match (v.as_u64(), v.as_f64()) {
-                (Some(n), _) => Ok(Some(n)),
-                (None, Some(f)) if f.is_finite() && f >= 0.0 => Ok(Some(f as u64)),
-                _ => Err(AuthError::new(
-                    DenyReason::MalformedToken,
-                    format!("{name} is not a NumericDate"),
-                )),
-            },
-        }
-    };
-    let leeway = settings.leeway_s;
-    let exp = date("exp")?
-        .ok_or_else(|| AuthError::new(DenyReason::MalformedToken, "token has no exp"))?;
-    if exp.saturating_add(leeway) < now {
-        return Err(AuthError::new(DenyReason::Expired, "token expired"));
-    }
-    for name in ["nbf", "iat"] {
-        if let Some(t) = date(name)? {
-            if t > now.saturating_add(leeway) {
-                return Err(AuthError::new(
-                    DenyReason::NotYetValid,
-                    "token not valid yet",
-                ));
-            }
-        }
-    }
-    Ok(exp)
-}
-
 /// `--claims`: pick the issuer like the verifier (exact `iss`, accepted on the route),
 /// skip signature and keys, check the registered claims.
 fn verify_claims(
@@ -578,7 +519,7 @@ fn verify_claims(
     for name in ["algorithm", "issuer keys", "signing key", "signature"] {
         checks.push(check(name, CheckResult::Skipped, skipped));
     }
-    match check_claims(payload, settings, now()) {
+    match crate::auth::jwt::check_claims(payload, settings, now()) {
         Ok(exp) => {
             checks.push(check(
                 "audience",

@@ -19,7 +19,7 @@ pub mod error;
 pub mod http;
 mod introspect;
 pub mod jwks;
-mod jwt;
+pub(crate) mod jwt;
 
 use std::sync::Arc;
 
