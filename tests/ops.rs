@@ -34,23 +34,30 @@ fn ops_env() -> Env {
     })
 }
 
+/// The ops routes with the gateway as a child process (`serve`), listening.
+fn ops_process(edit: impl FnOnce(String) -> String) -> (Env, std::process::Child) {
+    let env = Env::with(EnvOptions {
+        routes: OPS_ROUTES.to_string(),
+        start_gateway: false,
+        ..EnvOptions::default()
+    });
+    std::fs::write(&env.config, edit(config_text(&env))).unwrap();
+    let child = serve_command(&env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(env.https);
+    (env, child)
+}
+
 fn config_text(env: &Env) -> String {
     std::fs::read_to_string(&env.config).unwrap()
 }
 
 #[test]
 fn route_change_by_sighup_under_concurrent_traffic_fails_no_request() {
-    let env = Env::with(EnvOptions {
-        routes: OPS_ROUTES.to_string(),
-        start_gateway: false,
-        ..EnvOptions::default()
-    });
-    let mut child = serve_command(&env)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(env.https);
+    let (env, mut child) = ops_process(|text| text);
     let token = env.token(json!({}));
     assert_eq!(env.get("/extra", Some(&token), false).status, 404);
     let ok = Arc::new(AtomicUsize::new(0));
@@ -397,24 +404,11 @@ fn unwritable_audit_directory_turns_readyz_503_and_loses_no_line() {
 
 #[test]
 fn sigterm_lets_a_slow_in_flight_request_finish_then_exits_0() {
-    let env = Env::with(EnvOptions {
-        routes: OPS_ROUTES.to_string(),
-        server_extra: String::new(),
-        start_gateway: false,
-        upstream_extra: String::new(),
-        ..EnvOptions::default()
-    });
     // A longer read timeout and drain window than the harness default.
-    let text = config_text(&env)
-        .replace("read_timeout_ms = 1500", "read_timeout_ms = 10000")
-        .replace("drain_timeout_s = 5", "drain_timeout_s = 30");
-    std::fs::write(&env.config, text).unwrap();
-    let mut child = serve_command(&env)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(env.https);
+    let (env, mut child) = ops_process(|text| {
+        text.replace("read_timeout_ms = 1500", "read_timeout_ms = 10000")
+            .replace("drain_timeout_s = 5", "drain_timeout_s = 30")
+    });
     let client = env.client(false);
     let url = env.url("/slow?ms=2000");
     let inflight = env
@@ -440,37 +434,4 @@ fn sigterm_lets_a_slow_in_flight_request_finish_then_exits_0() {
         std::net::TcpStream::connect(env.https).is_err(),
         "no longer listening"
     );
-}
-
-#[test]
-fn sighup_to_the_process_reloads_routes() {
-    let env = Env::with(EnvOptions {
-        routes: OPS_ROUTES.to_string(),
-        start_gateway: false,
-        ..EnvOptions::default()
-    });
-    let mut child = serve_command(&env)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(env.https);
-    assert_eq!(env.get("/extra", None, false).status, 404);
-    let text = format!("{}\n[[routes]]\nname = \"extra\"\npath_prefix = \"/extra\"\nupstream = \"echo\"\nauth = \"none\"\n", config_text(&env));
-    std::fs::write(&env.config, text).unwrap();
-    send_signal(&child, libc::SIGHUP);
-    let start = Instant::now();
-    loop {
-        let s = env.get("/extra", None, false).status;
-        if s == 200 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "reload did not apply: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    send_signal(&child, libc::SIGTERM);
-    assert!(child.wait().unwrap().success());
 }
