@@ -98,6 +98,8 @@ impl DecisionCache {
         metrics::DECISION_CACHE_ENTRIES.set(self.cache.entry_count() as i64);
     }
 
+    /// Live entries (expired ones are purged first); the gauge is set from this at each
+    /// scrape.
     pub fn entry_count(&self) -> u64 {
         self.cache.run_pending_tasks();
         self.cache.entry_count()

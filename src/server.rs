@@ -161,7 +161,12 @@ impl Gatehouse {
             Some(addr) => {
                 let shared_r = shared.clone();
                 let ready: admin::ReadyCheck = Arc::new(move || readiness(&shared_r));
-                let handler = admin::admin_handler(ready);
+                let shared_s = shared.clone();
+                let on_scrape: admin::ScrapeHook = Arc::new(move || {
+                    let n = shared_s.live.load().cache.entry_count();
+                    metrics::DECISION_CACHE_ENTRIES.set(n as i64);
+                });
+                let handler = admin::admin_handler(ready, on_scrape);
                 Some(listen_plain(
                     &bg,
                     addr,

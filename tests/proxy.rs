@@ -207,3 +207,36 @@ fn two_authorization_headers_are_refused() {
     assert_eq!(r.json()["type"], "urn:gatehouse:problem:malformed_token");
     assert_eq!(env.echo().requests(), 0, "nothing reached the backend");
 }
+
+#[test]
+fn traceparent_passes_through_and_upstream_connections_are_reused() {
+    let env = Env::start();
+    let tp = "00-4bf92f3577b34da6a3ef4ad9a33ce2ba-00f067aa0ba902b7-01";
+    let a = env.send(
+        reqwest::Method::GET,
+        "/public/a",
+        None,
+        &[("traceparent", tp)],
+        None,
+        false,
+    );
+    assert_eq!(a.echoed("traceparent"), vec![tp]);
+    let b = env.get("/public/b", None, true);
+    // The echo backend reports the gateway's source address: the same one twice means
+    // the second request rode the pooled keep-alive connection.
+    assert_eq!(
+        a.json()["peer"],
+        b.json()["peer"],
+        "upstream connection reused"
+    );
+    assert_eq!(a.json()["version"], "HTTP/1.1", "HTTP/1.1 upstream");
+}
+
+#[test]
+fn decision_cache_entries_gauge_follows_the_cache() {
+    let env = Env::start();
+    let token = env.token(serde_json::json!({}));
+    assert_eq!(env.get("/orders/1", Some(&token), false).status, 200);
+    let v = metric_value(&env.metrics(), "gatehouse_decision_cache_entries", &[]);
+    assert!(v >= 1.0, "{v}");
+}

@@ -64,9 +64,13 @@ fn text(
         .expect("static response parts are valid")
 }
 
+/// Work done just before `/metrics` renders (gauges read from live state).
+pub type ScrapeHook = Arc<dyn Fn() + Send + Sync>;
+
 /// The admin handler.
 pub fn admin_handler(
     ready: ReadyCheck,
+    on_scrape: ScrapeHook,
 ) -> impl Fn(Request<Incoming>) -> std::future::Ready<Response<Full<Bytes>>>
        + Clone
        + Send
@@ -88,7 +92,10 @@ pub fn admin_handler(
                 },
                 "/metrics" => text(
                     StatusCode::OK,
-                    metrics::render(),
+                    {
+                        on_scrape();
+                        metrics::render()
+                    },
                     "text/plain; version=0.0.4",
                 ),
                 _ => text(
