@@ -5,7 +5,9 @@
 //! In-flight requests hold an `Arc` of the state they started with, so they finish under
 //! it; the new state carries a new decision cache, so no decision made under the old
 //! config answers under the new one. Listener addresses, `threads` and `tls_min_version`
-//! are fixed at start: a change to them is reported as needing a restart.
+//! are fixed at start, and so is the `[audit]` table (one writer and one pseudonym key per
+//! process, so that pseudonyms stay comparable): a change to them is reported as needing
+//! a restart.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +62,12 @@ pub fn needs_restart(old: &Runtime, new: &Runtime) -> Vec<String> {
     }
     if old.audit.path != new.audit.path {
         v.push("audit.path".to_string());
+    }
+    if old.audit.pseudonym_key != new.audit.pseudonym_key {
+        v.push("audit.pseudonym_key".to_string());
+    }
+    if old.audit.retention_days != new.audit.retention_days {
+        v.push("audit.retention_days".to_string());
     }
     v
 }
