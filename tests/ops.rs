@@ -264,6 +264,12 @@ fn reload_reports_settings_that_need_a_restart() {
         restart.iter().any(|s| s.starts_with("server.listen")),
         "{restart:?}"
     );
+    std::fs::write(env.dir.path().join("pseudonym.key"), "a-new-key").unwrap();
+    let restart = env.gw().reload().expect("valid");
+    assert!(
+        restart.iter().any(|s| s == "audit.pseudonym_key"),
+        "{restart:?}"
+    );
     assert_eq!(
         env.get("/slow?ms=1", None, false).status,
         200,
