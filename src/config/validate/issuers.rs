@@ -1,6 +1,5 @@
 //! `[issuers.NAME]`: key source, audiences, algorithm allowlist, claim mapping, introspection.
 
-#![allow(unused_imports)]
 use super::*;
 
 impl Validator<'_> {

@@ -1,6 +1,5 @@
 //! `[server]` (listeners, TLS files) and `[audit]`; certificate and CA loading shared with upstreams and issuers.
 
-#![allow(unused_imports)]
 use super::*;
 
 impl Validator<'_> {

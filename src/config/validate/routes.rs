@@ -1,6 +1,5 @@
 //! `[[routes]]`: matching, references to upstreams/issuers/roles, row filters, shadowing.
 
-#![allow(unused_imports)]
 use super::*;
 
 impl Validator<'_> {

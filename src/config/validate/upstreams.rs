@@ -1,6 +1,5 @@
 //! `[upstreams.NAME]`: addresses, SNI, CA, client certificate, timeouts.
 
-#![allow(unused_imports)]
 use super::*;
 
 impl Validator<'_> {
