@@ -201,17 +201,23 @@ impl Gatehouse {
             })?;
         }
 
-        let mut conf = ServerConf::default();
-        conf.threads = rt.server.threads;
-        conf.grace_period_seconds = Some(rt.server.drain_timeout_s);
-        conf.graceful_shutdown_timeout_seconds = Some(1);
-        conf.upgrade_sock = upgrade_sock(&opts.config);
-        conf.pid_file = std::env::temp_dir()
-            .join("gatehouse.pid")
-            .display()
-            .to_string();
-        let mut opt = Opt::default();
-        opt.upgrade = opts.upgrade;
+        let conf = ServerConf {
+            threads: rt.server.threads,
+            // pingora sleeps this long after SIGTERM; gatehouse exits earlier, as soon as
+            // the last in-flight request is done (see `drain`).
+            grace_period_seconds: Some(rt.server.drain_timeout_s),
+            graceful_shutdown_timeout_seconds: Some(1),
+            upgrade_sock: upgrade_sock(&opts.config),
+            pid_file: std::env::temp_dir()
+                .join("gatehouse.pid")
+                .display()
+                .to_string(),
+            ..ServerConf::default()
+        };
+        let opt = Opt {
+            upgrade: opts.upgrade,
+            ..Opt::default()
+        };
         let mut server = Server::new_with_opt_and_conf(opt, conf);
         server.bootstrap();
         let mut service = pingora::proxy::http_proxy_service_with_name(

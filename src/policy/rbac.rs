@@ -119,6 +119,8 @@ impl Values for View<'_> {
     fn roles(&self) -> &[String] {
         self.roles
     }
+    // The template's `{issuer}` is the token's `iss`, not the issuer's config name.
+    #[allow(clippy::misnamed_getters)]
     fn issuer(&self) -> &str {
         &self.id.iss
     }

@@ -45,7 +45,7 @@ mod tests {
         assert_ne!(request_id(Some(b"")), "");
         let long = vec![b'a'; 129];
         assert_eq!(request_id(Some(&long)).len(), 32);
-        assert_eq!(request_id(Some(&vec![b'a'; 128])).len(), 128);
+        assert_eq!(request_id(Some(&[b'a'; 128])).len(), 128);
         assert_eq!(request_id(None).len(), 32);
     }
 }
