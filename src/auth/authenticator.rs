@@ -110,9 +110,9 @@ impl Authenticator {
         Authenticator {
             issuers: out,
             by_iss,
-            introspector: previous
-                .map(|p| Arc::clone(&p.introspector))
-                .unwrap_or_default(),
+            // Never carried over: a cached introspection answer was interpreted under the
+            // old settings (audiences, claim mapping), and a reload must not serve it.
+            introspector: Default::default(),
             io,
             released: AtomicBool::new(false),
         }

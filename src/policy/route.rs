@@ -130,30 +130,74 @@ pub fn normalize_prefix(p: &str) -> String {
     }
 }
 
-/// Refuses request paths that the gateway and the backend might resolve differently,
-/// which would let `/public/../admin` match a public route. Returns why, for the 400.
-pub fn check_path(path: &str) -> Result<(), &'static str> {
+/// Normalises a request path the way RFC 3986 section 6.2.2.2 allows (percent-encoded
+/// unreserved characters `A-Za-z0-9-._~` are decoded: `/%61dmin` is `/admin`), then
+/// refuses what the gateway and a backend might resolve differently, which would let a
+/// request match one route here and reach another path there: dot segments (`/a/../b`,
+/// also `%2e%2e`), empty segments (`//`), `;` path parameters (servlet containers drop
+/// `;jsessionid=..` and read `..;` as `..`), backslashes, encoded `/` `\` or NUL, and
+/// malformed escapes. Returns the path to route on and to forward, or why not (a 400).
+pub fn normalize_path(path: &str) -> Result<std::borrow::Cow<'_, str>, &'static str> {
+    use std::borrow::Cow;
     if !path.starts_with('/') {
         return Err("the path must start with '/'");
     }
-    if path.contains("//") {
+    let bytes = path.as_bytes();
+    let mut out: Option<Vec<u8>> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err("malformed percent-encoding in the path");
+            };
+            let c = h * 16 + l;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                out.get_or_insert_with(|| bytes[..i].to_vec()).push(c);
+                i += 3;
+                continue;
+            }
+        }
+        if let Some(o) = out.as_mut() {
+            o.push(b);
+        }
+        i += 1;
+    }
+    let norm: Cow<'_, str> = match out {
+        // Only ASCII bytes were decoded into an already valid string.
+        Some(v) => Cow::Owned(String::from_utf8(v).map_err(|_| "the path is not UTF-8")?),
+        None => Cow::Borrowed(path),
+    };
+    if norm.contains("//") {
         return Err("empty path segments ('//') are not accepted");
     }
-    if path.contains('\\') {
+    if norm.contains('\\') {
         return Err("backslashes are not accepted in paths");
     }
-    for seg in path.split('/') {
+    if norm.contains(';') {
+        return Err("';' path parameters are not accepted in paths");
+    }
+    for seg in norm.split('/') {
         if seg == "." || seg == ".." {
             return Err("dot segments ('.', '..') are not accepted in paths");
         }
     }
-    let lower = path.to_ascii_lowercase();
-    for enc in ["%2e", "%2f", "%5c", "%00"] {
+    let lower = norm.to_ascii_lowercase();
+    for enc in ["%2f", "%5c", "%00"] {
         if lower.contains(enc) {
-            return Err("encoded '.', '/', '\\' or NUL are not accepted in paths");
+            return Err("encoded '/', '\\' or NUL are not accepted in paths");
         }
     }
-    Ok(())
+    Ok(norm)
+}
+
+/// [`normalize_path`] when only the verdict matters (config prefixes).
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    normalize_path(path).map(|_| ())
 }
 
 /// The first route that matches, in file order.
@@ -246,7 +290,7 @@ mod tests {
             "/a/./b",
             "//a",
             "/a%2fb",
-            "/a%2E%2E/b",
+            "/%2E%2E/b",
             "/a\\b",
             "a",
             "/x%00",

@@ -27,16 +27,77 @@ pub fn new_request_id() -> String {
 /// Headers the gateway sets on every forwarded request (client copies are replaced).
 pub const FORWARDED_HEADERS: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-request-id"];
 
-/// Removes every header in `owned` from the request (all copies).
+/// Headers removed from every client request besides the config's owned ones: a backend
+/// may trust them for the method (method-override middleware would run an authorized
+/// GET as a DELETE) or for the client's address and host, and only gatehouse may say
+/// those things.
+pub const ALWAYS_STRIPPED: [&str; 7] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+];
+
+/// Removes from the request every copy of the `owned` headers and of
+/// [`ALWAYS_STRIPPED`], and any underscore spelling of those or of
+/// [`FORWARDED_HEADERS`] (`X_Auth_Roles`): CGI-style servers (WSGI, PHP, Rack) map
+/// `X_Auth_Roles` and `X-Auth-Roles` to the same variable.
 pub fn strip(req: &mut pingora::http::RequestHeader, owned: &[HeaderName]) {
     for h in owned {
         while req.remove_header(h).is_some() {}
+    }
+    for h in ALWAYS_STRIPPED {
+        while req.remove_header(h).is_some() {}
+    }
+    let spoofed: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .filter(|n| {
+            let dashed = n.as_str().replace('_', "-");
+            owned.iter().any(|o| o.as_str() == dashed)
+                || ALWAYS_STRIPPED.contains(&dashed.as_str())
+                || FORWARDED_HEADERS.contains(&dashed.as_str())
+        })
+        .cloned()
+        .collect();
+    for h in spoofed {
+        while req.remove_header(&h).is_some() {}
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strips_owned_managed_and_underscore_spellings() {
+        let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+        for (k, v) in [
+            ("X-Auth-Roles", "admin"),
+            ("X_Auth_Roles", "admin"),
+            ("x_row_filter", "1=1"),
+            ("X_Forwarded_For", "10.0.0.1"),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("Forwarded", "for=10.0.0.1"),
+            ("X-Real-IP", "10.0.0.1"),
+            ("X_Custom_Thing", "kept"),
+            ("Accept", "*/*"),
+        ] {
+            req.append_header(k.to_string(), v).unwrap();
+        }
+        let owned = [
+            HeaderName::from_static("x-auth-roles"),
+            HeaderName::from_static("x-row-filter"),
+        ];
+        strip(&mut req, &owned);
+        let mut left: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, vec!["accept", "x_custom_thing"]);
+    }
 
     #[test]
     fn request_id_kept_only_when_well_formed() {

@@ -256,11 +256,56 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         ctx.request_id = headers::request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
         ctx.span.record("request_id", ctx.request_id.as_str());
-        let path = req.uri.path().to_string();
-        if let Err(why) = route::check_path(&path) {
-            self.respond(session, ctx, &Problem::bad_path(why)).await?;
+        // Only origin-form (`/path`) and absolute-form (`https://host/path`) targets: for
+        // anything else (`x:/admin`, `admin`, `*`) the parsed path is not what a backend
+        // would read.
+        let raw = req.raw_path();
+        let origin_form = raw.starts_with(b"/");
+        let absolute_form = !origin_form
+            && http::Uri::try_from(raw).is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.authority().is_some()
+                    && u.path().starts_with('/')
+            });
+        if !origin_form && !absolute_form {
+            let p = Problem::bad_path("the request target must be a path starting with '/'");
+            self.respond(session, ctx, &p).await?;
             return Ok(true);
         }
+        let path = match route::normalize_path(req.uri.path()) {
+            Ok(p) => p.into_owned(),
+            Err(why) => {
+                self.respond(session, ctx, &Problem::bad_path(why)).await?;
+                return Ok(true);
+            }
+        };
+        if path != req.uri.path() {
+            // Route and forward the same path: `/%61dmin` goes on as `/admin`.
+            let pq = match req.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
+            // Keep scheme and authority (HTTP/2 carries the host there, not in Host).
+            let mut parts = req.uri.clone().into_parts();
+            let rebuilt = pq.parse().ok().and_then(|p| {
+                parts.path_and_query = Some(p);
+                http::Uri::from_parts(parts).ok()
+            });
+            let uri = match rebuilt {
+                Some(u) => u,
+                None => {
+                    self.respond(
+                        session,
+                        ctx,
+                        &Problem::bad_path("the path cannot be normalised"),
+                    )
+                    .await?;
+                    return Ok(true);
+                }
+            };
+            session.req_header_mut().set_uri(uri);
+        }
+        let req = session.req_header();
         let host = host_of(req);
         let method = req.method.as_str().to_string();
         let Some(route) = route::find(&live.rt.routes, host.as_deref(), &path, &method).cloned()

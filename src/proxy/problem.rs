@@ -66,11 +66,25 @@ impl Problem {
             503 => "Service unavailable",
             _ => "Denied",
         };
+        // A 403 goes to a caller with a valid token: say what kind of thing is missing,
+        // not which roles, scopes or claims the policy wants (that is for the operator's
+        // `gatehouse explain`, the audit log and the metrics).
+        let detail = match e.reason {
+            DenyReason::InsufficientRole => {
+                "the caller does not hold a role this route requires".to_string()
+            }
+            DenyReason::InsufficientScope => {
+                "the token lacks a scope this route requires".to_string()
+            }
+            DenyReason::MfaRequired => "this route requires a multi-factor login".to_string(),
+            DenyReason::MissingClaim => "the token lacks a claim this route needs".to_string(),
+            _ => e.detail.clone(),
+        };
         Problem {
             status,
             kind: e.reason.as_str(),
             title,
-            detail: e.detail.clone(),
+            detail,
             www_authenticate: e.reason.www_authenticate(&e.detail),
             retry_after: (e.reason == DenyReason::IssuerUnavailable).then_some(10),
             location: None,
@@ -121,6 +135,21 @@ mod tests {
             .www_authenticate
             .unwrap()
             .contains("error=\"insufficient_scope\""));
+    }
+
+    #[test]
+    fn forbidden_detail_does_not_spell_out_the_policy() {
+        let e = AuthError::new(
+            DenyReason::InsufficientRole,
+            "route r needs one of the roles: admin",
+        );
+        let p = Problem::from_auth(&e);
+        assert!(!p.detail.contains("admin"), "{}", p.detail);
+        let e = AuthError::new(
+            DenyReason::MissingClaim,
+            "the row filter x-row-filter needs claim region",
+        );
+        assert!(!Problem::from_auth(&e).detail.contains("region"));
     }
 
     #[test]

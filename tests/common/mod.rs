@@ -108,8 +108,12 @@ pub fn free_port() -> u16 {
     gatehouse::demo::free_port()
 }
 
+/// Gateway logs on stderr only when asked for (`GATEHOUSE_TEST_LOG=1 cargo test ...`):
+/// the test harness does not capture them, and they would bury the results.
 pub fn init_logs() {
-    gatehouse::logging::init(gatehouse::logging::LogFormat::Pretty);
+    if std::env::var_os("GATEHOUSE_TEST_LOG").is_some() {
+        gatehouse::logging::init(gatehouse::logging::LogFormat::Pretty);
+    }
 }
 
 impl Env {

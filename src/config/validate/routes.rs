@@ -266,6 +266,32 @@ impl Validator<'_> {
                     });
                 }
             }
+            if auth == AuthMode::Required {
+                // An opaque token says nothing about its issuer: a route open to several
+                // introspecting issuers would POST every caller's token to each of them.
+                let introspecting: Vec<&str> = raw
+                    .issuers
+                    .iter()
+                    .filter(|(n, i)| {
+                        i.get_ref().introspection.is_some()
+                            && route_issuers.as_ref().is_none_or(|l| l.contains(n))
+                    })
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                if introspecting.len() > 1 {
+                    self.err(
+                        rs.span(),
+                        format!("routes[{i}]"),
+                        format!(
+                            "opaque tokens on this route would be sent to {} introspection endpoints ({}); restrict it with issuers = [\"{}\"] (at most one issuer with introspection per route)",
+                            introspecting.len(),
+                            introspecting.join(", "),
+                            introspecting[0]
+                        ),
+                    );
+                    ok = false;
+                }
+            }
             let (line, _) = self.line_col(rs.span().start);
             let route = Route {
                 index: i,
