@@ -186,42 +186,28 @@ fn string_list(v: Option<&Value>, split_spaces: bool) -> Vec<String> {
     }
 }
 
-/// Claims only a token issued to a person carries. Their absence (with a client ID
-/// present) marks a client-credentials token (SPEC section 2). Keycloak service accounts
-/// carry `preferred_username = "service-account-<client>"`, which is not a person.
-const USER_CLAIMS: &[&str] = &[
-    "email",
-    "upn",
-    "unique_name",
-    "preferred_username",
-    "name",
-    "given_name",
-    "family_name",
-    "uid",
-    "sid",
-    "auth_time",
-];
-
 /// SPEC section 2: a client-credentials token is one whose subject is a client: `sub`
-/// equals its client ID, or the client ID claim is present without a user claim (no
-/// `sub`, or none of [`USER_CLAIMS`]). Explicit markers some IdPs set (`gty =
-/// "client-credentials"` from Auth0, `idtyp = "app"` from Entra ID) count too.
+/// equals its client ID, or the client ID claim is present without a user claim.
+///
+/// A `sub` that names anyone but the client counts as a user claim unless the IdP marks
+/// the token as an application's: Auth0 (`gty = "client-credentials"`, `sub =
+/// "<client>@clients"`), Entra ID (`idtyp = "app"`), Keycloak (`preferred_username =
+/// "service-account-<client>"`). Guessing from absent profile claims would be fail-open:
+/// an access token for a person often carries no email or name, and would then inherit
+/// the roles granted to the client ID of the app the person signed in through.
 pub fn is_client_token(claims: &Value, sub: Option<&str>, client_id: Option<&str>) -> bool {
     let Some(client_id) = client_id else {
         return false;
     };
-    if sub.is_none() || sub == Some(client_id) {
+    let Some(sub) = sub else {
         return true;
-    }
+    };
     let s = |k: &str| claims.get(k).and_then(Value::as_str);
-    if s("gty") == Some("client-credentials") || s("idtyp") == Some("app") {
-        return true;
-    }
-    !USER_CLAIMS.iter().any(|k| match claims.get(*k) {
-        None | Some(Value::Null) => false,
-        Some(Value::String(u)) if *k == "preferred_username" => !u.starts_with("service-account-"),
-        Some(_) => true,
-    })
+    sub == client_id
+        || sub.strip_suffix("@clients") == Some(client_id)
+        || s("gty") == Some("client-credentials")
+        || s("idtyp") == Some("app")
+        || s("preferred_username").is_some_and(|u| u.starts_with("service-account-"))
 }
 
 /// Extracts the token from an `Authorization` header (RFC 6750 section 2.1): scheme
@@ -362,8 +348,15 @@ mod tests {
         ));
         // No sub at all.
         assert!(c(json!({"client_id": "billing-sync"})));
-        // Service principal: own sub, no user claim (Entra ID app token).
-        assert!(c(json!({"sub": "9f1c", "client_id": "billing-sync"})));
+        // Service principal: own sub, marked as an app (Entra ID), Auth0's form of sub.
+        assert!(c(
+            json!({"sub": "9f1c", "client_id": "billing-sync", "idtyp": "app"})
+        ));
+        assert!(c(
+            json!({"sub": "billing-sync@clients", "client_id": "billing-sync"})
+        ));
+        // A person's access token with no profile claims is still a person's.
+        assert!(!c(json!({"sub": "auth0|u1", "client_id": "billing-sync"})));
         assert!(c(
             json!({"sub": "9f1c", "client_id": "x", "preferred_username": "service-account-x"})
         ));
