@@ -114,6 +114,7 @@ fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
 
 /// Runs the demo until Ctrl-C.
 pub fn run(port: u16) -> anyhow::Result<()> {
+    crate::server::hold_early_signals();
     let dir = std::env::temp_dir().join(format!("gatehouse-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let pki = DevPki::generate()?;

@@ -93,19 +93,23 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Serve { config, upgrade } => {
-            if let Err(errs) = gatehouse::config::load(&config) {
-                eprintln!("{errs}");
-                eprintln!(
-                    "{} error(s) in {}; nothing started",
-                    errs.0.len(),
-                    config.display()
-                );
-                return ExitCode::from(1);
-            }
+            gatehouse::server::hold_early_signals();
+            let rt = match gatehouse::config::load(&config) {
+                Ok(rt) => rt,
+                Err(errs) => {
+                    eprintln!("{errs}");
+                    eprintln!(
+                        "{} error(s) in {}; nothing started",
+                        errs.0.len(),
+                        config.display()
+                    );
+                    return ExitCode::from(1);
+                }
+            };
             let mut opts = gatehouse::server::Options::new(config);
             opts.upgrade = upgrade;
             opts.signals = true;
-            match gatehouse::server::Gatehouse::start(opts) {
+            match gatehouse::server::Gatehouse::start_with(rt, opts) {
                 Ok(g) => {
                     g.wait();
                     ExitCode::SUCCESS

@@ -119,6 +119,14 @@ impl Reloader {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.cert.swap(new.server.cert.clone());
         publish_certs(&new);
+        for gone in old
+            .rt
+            .issuers
+            .iter()
+            .filter(|o| !new.issuers.iter().any(|n| n.name == o.name))
+        {
+            let _ = metrics::JWKS_KEYS.remove_label_values(&[gone.name.as_str()]);
+        }
         self.shared
             .live
             .store(Arc::new(Live::new(new.clone(), auth, generation)));

@@ -96,6 +96,48 @@ fn exit_now() -> ! {
     std::process::exit(0)
 }
 
+/// Signals that arrived before the tokio handlers existed (while the config loads).
+static EARLY_SIGNALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+const HANDLED_SIGNALS: [libc::c_int; 4] =
+    [libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGQUIT];
+
+extern "C" fn remember_signal(sig: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    EARLY_SIGNALS.fetch_or(1 << sig, Ordering::SeqCst);
+}
+
+/// Call first thing in `serve`: until [`Gatehouse::start`] installs the real handlers, a
+/// SIGHUP or SIGTERM must not kill the process with the default action; it is remembered
+/// and handled once the gateway runs.
+pub fn hold_early_signals() {
+    for sig in HANDLED_SIGNALS {
+        // SAFETY: installs a handler that only performs an atomic operation.
+        unsafe {
+            libc::signal(
+                sig,
+                remember_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+        }
+    }
+}
+
+/// Re-raises what [`hold_early_signals`] remembered, now that the tokio handlers see it.
+fn replay_early_signals() {
+    let pending = EARLY_SIGNALS.swap(0, Ordering::SeqCst);
+    for sig in HANDLED_SIGNALS {
+        if pending & (1 << sig) != 0 {
+            tracing::info!(
+                signal = sig,
+                "handling a signal that arrived during start-up"
+            );
+            // SAFETY: raising a signal for this process; its handler is installed.
+            unsafe {
+                libc::raise(sig);
+            }
+        }
+    }
+}
+
 /// Loads the config or returns every error (for `serve`: print and exit 1).
 pub fn load(path: &Path) -> Result<config::Runtime, ConfigErrors> {
     config::load(path)
@@ -104,7 +146,14 @@ pub fn load(path: &Path) -> Result<config::Runtime, ConfigErrors> {
 impl Gatehouse {
     /// Loads the config and starts everything. Returns once the listeners are bound.
     pub fn start(opts: Options) -> anyhow::Result<Gatehouse> {
-        let rt = Arc::new(load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?);
+        let rt = load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Gatehouse::start_with(rt, opts)
+    }
+
+    /// Starts from a config already loaded and validated (`serve` loads it once, so that
+    /// a bad file exits 1 and nothing can change between check and start).
+    pub fn start_with(rt: config::Runtime, opts: Options) -> anyhow::Result<Gatehouse> {
+        let rt = Arc::new(rt);
         for w in &rt.warnings {
             tracing::warn!("{w}");
         }
@@ -140,10 +189,6 @@ impl Gatehouse {
         }
         let audit = AuditLog::start(&rt.audit, bg.handle())
             .map_err(|e| anyhow::anyhow!("cannot open the audit log (audit.path): {e}"))?;
-        let flush_on_exit = audit.clone();
-        on_exit(Box::new(move || {
-            flush_on_exit.flush_blocking(Duration::from_secs(5))
-        }));
         let shared = Shared::new(Live::new(rt.clone(), auth.clone(), 1), audit);
         let cert = SwappableCert::new(rt.server.cert.clone());
         let reloader = Arc::new(Reloader::new(
@@ -205,7 +250,9 @@ impl Gatehouse {
             threads: rt.server.threads,
             // pingora sleeps this long after SIGTERM; gatehouse exits earlier, as soon as
             // the last in-flight request is done (see `drain`).
-            grace_period_seconds: Some(rt.server.drain_timeout_s),
+            // An upper bound only: gatehouse's own drain (which reads the live
+            // drain_timeout_s) exits as soon as the last request is done.
+            grace_period_seconds: Some(crate::config::MAX_DRAIN_TIMEOUT_S),
             graceful_shutdown_timeout_seconds: Some(1),
             upgrade_sock: upgrade_sock(&opts.config),
             pid_file: std::env::temp_dir()
@@ -254,10 +301,12 @@ impl Gatehouse {
                 shared.clone(),
                 sig_tx.clone(),
                 phases,
-                rt.server.drain_timeout_s,
             ));
         }
         bg.block_on(auth.wait_ready(opts.wait_ready));
+        if opts.signals {
+            replay_early_signals();
+        }
         tracing::info!(listen = %rt.server.listen, admin = ?admin_addr, routes = rt.routes.len(), "gatehouse is serving");
         Ok(Gatehouse {
             shared,
@@ -369,6 +418,9 @@ where
 /// `/readyz`: config loaded (always, once running), every issuer has keys, the audit
 /// log can be written.
 fn readiness(shared: &Shared) -> Result<(), String> {
+    if shared.draining.load(Ordering::Acquire) {
+        return Err("draining: shutting down, no longer accepting".to_string());
+    }
     let live = shared.live.load();
     let missing = live.auth.not_ready();
     if !missing.is_empty() {
@@ -455,8 +507,9 @@ async fn signal_loop(
     shared: Arc<Shared>,
     pingora: mpsc::UnboundedSender<ShutdownSignal>,
     mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
-    drain_timeout_s: u64,
 ) {
+    // The drain window is read when the signal comes: a reload may have changed it.
+    let drain_timeout_s = |shared: &Shared| shared.live.load().rt.server.drain_timeout_s;
     let Signals {
         mut hup,
         mut term,
@@ -470,10 +523,11 @@ async fn signal_loop(
                 let r = reloader.clone();
                 let _ = tokio::task::spawn_blocking(move || r.reload()).await;
             }
-            _ = term.recv() => { drain(&shared, &pingora, drain_timeout_s, "SIGTERM").await; }
-            _ = int.recv() => { drain(&shared, &pingora, drain_timeout_s, "SIGINT").await; }
+            _ = term.recv() => { drain(&shared, &pingora, drain_timeout_s(&shared), "SIGTERM").await; }
+            _ = int.recv() => { drain(&shared, &pingora, drain_timeout_s(&shared), "SIGINT").await; }
             _ = quit.recv() => {
                 tracing::info!("SIGQUIT: handing the listening sockets to the new process");
+                shared.draining.store(true, Ordering::Release);
                 let _ = pingora.send(ShutdownSignal::GracefulUpgrade);
                 // Keep serving until pingora has sent the sockets and stopped accepting
                 // (it gives the new process a few seconds first), then drain.
@@ -487,7 +541,7 @@ async fn signal_loop(
                     }
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(30), handed_over).await;
-                wait_idle(&shared, drain_timeout_s).await;
+                wait_idle(&shared, drain_timeout_s(&shared)).await;
                 let _ = tokio::time::timeout(Duration::from_secs(5), shared.audit.flush()).await;
                 exit_now();
             }
@@ -501,6 +555,7 @@ async fn drain(
     drain_timeout_s: u64,
     sig: &str,
 ) {
+    shared.draining.store(true, Ordering::Release);
     let n = shared.inflight.load(Ordering::Acquire);
     tracing::info!(
         in_flight = n,
@@ -523,7 +578,11 @@ async fn drain(
 
 /// True when no request is in flight, false when the timeout came first.
 async fn wait_idle(shared: &Shared, timeout_s: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(timeout_s);
+    let deadline = Instant::now()
+        .checked_add(Duration::from_secs(timeout_s))
+        .unwrap_or_else(|| {
+            Instant::now() + Duration::from_secs(crate::config::MAX_DRAIN_TIMEOUT_S)
+        });
     // Let the listeners close before counting: a request accepted just before the
     // signal must be counted.
     tokio::time::sleep(Duration::from_millis(50)).await;

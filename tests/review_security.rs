@@ -78,7 +78,7 @@ fn status_of(raw: &str) -> u16 {
 // Confirmed issues (these fail until fixed)
 // ---------------------------------------------------------------------------------------
 
-// CONFIRMED: percent-encoded unreserved characters (`/%61dmin`, `/%6Frders`) are routed un-normalised, so they skip the specific route (and its row filter) and land on a catch-all; backends decode them to /admin, /orders.
+// FIXED (regression test): percent-encoded unreserved characters (`/%61dmin`, `/%6Frders`) are routed un-normalised, so they skip the specific route (and its row filter) and land on a catch-all; backends decode them to /admin, /orders.
 #[test]
 fn percent_encoded_unreserved_chars_do_not_dodge_a_route() {
     let env = layered_env();
@@ -121,7 +121,7 @@ fn percent_encoded_unreserved_chars_do_not_dodge_a_route() {
     assert!(failures.is_empty(), "routing bypass: {failures:#?}");
 }
 
-// CONFIRMED: path parameters (`/admin;x`, `/orders;jsessionid=1/7`, `/rest/..;/admin`) miss the segment-aware prefix / dot-segment check and fall to the catch-all; Tomcat/Jetty/Spring strip `;...` (and resolve `..;`) and serve /admin, /orders/7 there.
+// FIXED (regression test): path parameters (`/admin;x`, `/orders;jsessionid=1/7`, `/rest/..;/admin`) miss the segment-aware prefix / dot-segment check and fall to the catch-all; Tomcat/Jetty/Spring strip `;...` (and resolve `..;`) and serve /admin, /orders/7 there.
 #[test]
 fn matrix_parameters_do_not_dodge_a_route() {
     let env = layered_env();
@@ -145,7 +145,7 @@ fn matrix_parameters_do_not_dodge_a_route() {
     assert!(failures.is_empty(), "routing bypass: {failures:#?}");
 }
 
-// CONFIRMED: a request-target that is neither origin- nor absolute-form (`x:/admin`, `admin`) is routed as "/" (pingora leaves uri.path() = "/") but forwarded verbatim; java.net.URI / com.sun.net.httpserver (and Python urlsplit) read the path as /admin.
+// FIXED (regression test): a request-target that is neither origin- nor absolute-form (`x:/admin`, `admin`) is routed as "/" (pingora leaves uri.path() = "/") but forwarded verbatim; java.net.URI / com.sun.net.httpserver (and Python urlsplit) read the path as /admin.
 #[test]
 fn non_origin_form_targets_are_refused() {
     let env = layered_env();
@@ -177,7 +177,7 @@ fn non_origin_form_targets_are_refused() {
     );
 }
 
-// CONFIRMED: owned headers spelled with underscores (`X_Auth_Roles`, `X_Row_Filter`) are not stripped; CGI/WSGI/PHP/Rack backends map them to the same HTTP_X_AUTH_ROLES variable as the real header (spoofed identity on public routes and for filter-exempt callers).
+// FIXED (regression test): owned headers spelled with underscores (`X_Auth_Roles`, `X_Row_Filter`) are not stripped; CGI/WSGI/PHP/Rack backends map them to the same HTTP_X_AUTH_ROLES variable as the real header (spoofed identity on public routes and for filter-exempt callers).
 #[test]
 fn underscore_variants_of_owned_headers_are_stripped() {
     let env = Env::start();
@@ -205,7 +205,7 @@ fn underscore_variants_of_owned_headers_are_stripped() {
     );
 }
 
-// CONFIRMED: method-override headers pass through, so a caller allowed only GET on /orders (orders-read, no MFA) can have a DELETE executed by backends honouring X-HTTP-Method-Override (Express method-override, ASP.NET, Symfony, Laravel...).
+// FIXED (regression test): method-override headers pass through, so a caller allowed only GET on /orders (orders-read, no MFA) can have a DELETE executed by backends honouring X-HTTP-Method-Override (Express method-override, ASP.NET, Symfony, Laravel...).
 #[test]
 fn method_override_headers_are_not_forwarded() {
     let env = Env::start();
@@ -248,7 +248,7 @@ fn method_override_headers_are_not_forwarded() {
     );
 }
 
-// CONFIRMED: client-supplied `Forwarded`, `X-Forwarded-Host`, `X-Real-IP` pass through untouched while gatehouse rewrites X-Forwarded-For; backends reading them get an attacker-chosen client IP/host (IP allowlists, audit, absolute-URL generation).
+// FIXED (regression test): client-supplied `Forwarded`, `X-Forwarded-Host`, `X-Real-IP` pass through untouched while gatehouse rewrites X-Forwarded-For; backends reading them get an attacker-chosen client IP/host (IP allowlists, audit, absolute-URL generation).
 #[test]
 fn forwarding_headers_are_not_client_controlled() {
     let env = Env::start();
@@ -280,7 +280,7 @@ fn forwarding_headers_are_not_client_controlled() {
     );
 }
 
-// CONFIRMED: 403 details enumerate policy (required role names, missing scopes, row-filter header and claim path) to any holder of a valid token.
+// FIXED (regression test): 403 details enumerate policy (required role names, missing scopes, row-filter header and claim path) to any holder of a valid token.
 #[test]
 fn forbidden_details_do_not_enumerate_policy() {
     let env = Env::start();
@@ -340,7 +340,7 @@ fn introspection_env(extra_routes: &str) -> (Env, String) {
     (env, opaque)
 }
 
-// CONFIRMED: the introspection answer cache survives a config reload (Authenticator::with_fetchers reuses `previous.introspector`, keyed by issuer *name*), so an opaque token keeps passing for up to 5 min under issuer settings (audiences, iss, claim mapping) that now reject it.
+// FIXED (regression test): the introspection answer cache survives a config reload (Authenticator::with_fetchers reuses `previous.introspector`, keyed by issuer *name*), so an opaque token keeps passing for up to 5 min under issuer settings (audiences, iss, claim mapping) that now reject it.
 #[test]
 fn reload_discards_cached_introspection_answers() {
     let (env, opaque) = introspection_env("");

@@ -9,6 +9,7 @@ pub mod metrics;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -22,33 +23,56 @@ use tokio::sync::watch;
 /// Why the gateway is not ready, or `Ok`.
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// Serves plain HTTP/1.1 on `listener` until `stop` turns true.
+/// Most connections served at once per plain listener; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 256;
+/// A client must send its request headers within this time (slowloris on port 80).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// No connection lives longer than this; clients reconnect.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+
+/// Serves plain HTTP (HTTP/1.1, and h2c for the admin port) on `listener` until `stop`
+/// turns true. Bounded: at most [`MAX_CONNECTIONS`] at once, request headers within
+/// [`HEADER_READ_TIMEOUT`], each connection at most [`CONNECTION_LIFETIME`].
 pub async fn serve_plain<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, handler: F)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        tokio::select! {
+        let permit = tokio::select! {
             _ = stop.changed() => break,
-            acc = listener.accept() => {
-                let Ok((stream, _)) = acc else { continue };
-                let h = handler.clone();
-                let mut stop = stop.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let h = h.clone();
-                        async move { Ok::<_, Infallible>(h(req).await) }
-                    });
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = stop.changed() => {}
-                    }
-                });
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = stop.changed() => break,
+            acc = listener.accept() => match acc {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let h = handler.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let svc = service_fn(move |req| {
+                let h = h.clone();
+                async move { Ok::<_, Infallible>(h(req).await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, conn) => {}
+                _ = stop.changed() => {}
             }
-        }
+        });
     }
 }
 

@@ -83,10 +83,13 @@ impl Authenticator {
             // A JWKS file is re-read on every reload (SIGHUP is how an operator installs
             // new static keys), so its store is never carried over.
             let from_file = matches!(settings.keys, KeySource::JwksFile(_));
+            // Keys depend only on where they come from: a reload that changes audiences,
+            // leeway or claim mapping keeps the live keys (and keeps serving if the IdP
+            // is down at that moment).
             let reused = previous.filter(|_| !from_file).and_then(|p| {
                 p.issuers
                     .iter()
-                    .find(|i| *i.settings == settings)
+                    .find(|i| same_key_source(&i.settings, &settings))
                     .map(|i| (Arc::clone(&i.store), Arc::clone(&i.introspect_client)))
             });
             let (store, introspect_client) = reused.unwrap_or_else(|| {
@@ -326,3 +329,13 @@ impl Drop for Authenticator {
 #[cfg(test)]
 #[path = "authenticator_tests.rs"]
 mod tests;
+
+/// Whether two issuer settings fetch the same keys the same way (name included: it is the
+/// store's metric label).
+fn same_key_source(a: &IssuerSettings, b: &IssuerSettings) -> bool {
+    a.name == b.name
+        && a.issuer == b.issuer
+        && a.keys == b.keys
+        && a.ca_pem == b.ca_pem
+        && a.jwks_refresh_s == b.jwks_refresh_s
+}

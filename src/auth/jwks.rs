@@ -388,6 +388,9 @@ impl KeyStore {
         fetcher: Arc<dyn JwksFetcher>,
         io: tokio::runtime::Handle,
     ) -> Arc<Self> {
+        // Present from the start: an issuer that never gets keys shows 0, so an alert on
+        // `gatehouse_jwks_keys == 0` fires for it too.
+        JWKS_KEYS.with_label_values(&[&name]).set(0);
         Arc::new(KeyStore {
             name,
             refresh: refresh.max(Duration::from_secs(1)),

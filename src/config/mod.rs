@@ -26,6 +26,9 @@ use crate::tls::TlsMin;
 
 pub use validate::load;
 
+/// Upper bound of `server.drain_timeout_s` (an hour): longer is a mistake, not a policy.
+pub const MAX_DRAIN_TIMEOUT_S: u64 = 3600;
+
 /// Identity headers gatehouse sets; client copies are always removed.
 pub const IDENTITY_HEADERS: [&str; 4] = [
     "x-auth-subject",

@@ -44,7 +44,7 @@ pub struct RawServer {
     #[serde(default)]
     pub threads: Option<S<i64>>,
     #[serde(default)]
-    pub drain_timeout_s: Option<u64>,
+    pub drain_timeout_s: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -52,6 +52,8 @@ pub struct Shared {
     pub inflight: AtomicUsize,
     /// One line per request that reached a route (SPEC section 5).
     pub audit: AuditLog,
+    /// Set by SIGTERM/SIGINT/SIGQUIT: `/readyz` answers 503 from then on.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -60,6 +62,7 @@ impl Shared {
             live: ArcSwap::from_pointee(live),
             inflight: AtomicUsize::new(0),
             audit,
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }

@@ -10,6 +10,18 @@ impl Validator<'_> {
             .redirect_http
             .as_ref()
             .and_then(|a| self.addr(a, "server.redirect_http"));
+        if let (Some(l), Some(rd), Some(raw_rd)) = (listen, redirect_http, r.redirect_http.as_ref())
+        {
+            if l.port() == rd.port()
+                && (l.ip() == rd.ip() || l.ip().is_unspecified() || rd.ip().is_unspecified())
+            {
+                self.err(
+                    raw_rd.span(),
+                    "server.redirect_http",
+                    format!("{rd} is also server.listen; give each listener its own port"),
+                );
+            }
+        }
         let tls_min = match r
             .tls_min_version
             .as_ref()
@@ -54,6 +66,22 @@ impl Validator<'_> {
             "server.key",
             "server".into(),
         );
+        let drain_timeout_s = match r.drain_timeout_s.as_ref() {
+            None => 20,
+            Some(d) if *d.get_ref() > crate::config::MAX_DRAIN_TIMEOUT_S => {
+                self.err(
+                    d.span(),
+                    "server.drain_timeout_s",
+                    format!(
+                        "{} is more than the maximum of {} seconds; lower it",
+                        d.get_ref(),
+                        crate::config::MAX_DRAIN_TIMEOUT_S
+                    ),
+                );
+                20
+            }
+            Some(d) => *d.get_ref(),
+        };
         Some(ServerSettings {
             listen: listen?,
             redirect_http,
@@ -63,7 +91,7 @@ impl Validator<'_> {
             tls_min,
             hsts_max_age_s: r.hsts_max_age_s.unwrap_or(31_536_000),
             threads,
-            drain_timeout_s: r.drain_timeout_s.unwrap_or(20),
+            drain_timeout_s,
         })
     }
 
@@ -168,7 +196,28 @@ impl Validator<'_> {
                 );
                 AuditPath::Stdout
             }
-            Some(p) => AuditPath::Dir(self.path(p.get_ref())),
+            Some(p) => {
+                let dir = self.path(p.get_ref());
+                // gatehouse creates the directory at start; what is already there must
+                // allow that (a regular file on the way would fail `serve`, not `check`).
+                let blocker = dir
+                    .ancestors()
+                    .find(|a| a.exists())
+                    .filter(|a| !a.is_dir())
+                    .map(|a| a.to_path_buf());
+                if let Some(b) = blocker {
+                    self.err(
+                        p.span(),
+                        "audit.path",
+                        format!(
+                            "{} is not a directory, so {} cannot be created; point audit.path at a directory (or \"-\" for stdout)",
+                            b.display(),
+                            dir.display()
+                        ),
+                    );
+                }
+                AuditPath::Dir(dir)
+            }
         };
         let retention_days = match r.retention_days.as_ref() {
             None => 90,

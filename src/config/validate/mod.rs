@@ -300,6 +300,35 @@ impl<'a> Validator<'a> {
             .admin
             .as_ref()
             .and_then(|a| self.addr(&a.listen, "admin.listen"));
+        if let (Some(a), Some(raw_admin)) = (admin_listen, raw.admin.as_ref()) {
+            if !a.ip().is_loopback() {
+                self.warn(
+                    raw_admin.listen.span(),
+                    "admin.listen",
+                    format!("{a} is not a loopback address: /metrics and /readyz answer anyone who can reach it, without authentication"),
+                );
+            }
+            let clash = |b: SocketAddr| {
+                a.port() == b.port()
+                    && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+            };
+            let taken = server.as_ref().and_then(|s| {
+                if clash(s.listen) {
+                    Some("server.listen")
+                } else if s.redirect_http.is_some_and(clash) {
+                    Some("server.redirect_http")
+                } else {
+                    None
+                }
+            });
+            if let Some(other) = taken {
+                self.err(
+                    raw_admin.listen.span(),
+                    "admin.listen",
+                    format!("{a} is also {other}; give each listener its own port"),
+                );
+            }
+        }
         let audit = self.audit(raw.audit.as_ref());
         let cache = CacheSettings {
             max_entries: raw
