@@ -23,7 +23,7 @@ pub enum LogFormat {
 }
 
 /// The default filter when `RUST_LOG` is not set.
-pub const DEFAULT_FILTER: &str = "info,rustls=error,pingora_core::services::listening=off,pingora_core::listeners=warn,pingora_core::protocols=warn,pingora_proxy=warn,h2=warn,hyper=warn";
+pub const DEFAULT_FILTER: &str = "info,pingora_core::server=warn,rustls=error,pingora_core::services::listening=off,pingora_core::listeners=warn,pingora_core::protocols=warn,pingora_proxy=warn,h2=warn,hyper=warn";
 
 /// Crates whose debug and trace records carry request headers.
 const HEADER_DUMPING: &[&str] = &["pingora", "h2", "hyper", "reqwest", "tower", "tokio_rustls"];
@@ -33,11 +33,20 @@ pub fn allowed(target: &str, level: &Level) -> bool {
     !(*level > Level::INFO && HEADER_DUMPING.iter().any(|t| target.starts_with(t)))
 }
 
+/// The defaults with `RUST_LOG`'s directives after them: `RUST_LOG=gatehouse=debug` raises
+/// gatehouse only, and the engine's noise stays down unless `RUST_LOG` names its target.
+pub fn filter_directives(rust_log: Option<&str>) -> String {
+    match rust_log.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(extra) => format!("{DEFAULT_FILTER},{extra}"),
+        None => DEFAULT_FILTER.to_string(),
+    }
+}
+
 /// Installs the global subscriber once; later calls do nothing.
 pub fn init(format: LogFormat) {
     let _ = tracing_log::LogTracer::init();
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter = EnvFilter::new(filter_directives(std::env::var("RUST_LOG").ok().as_deref()));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let guard = filter_fn(|meta| allowed(meta.target(), meta.level()));
     let _ = match format {
         LogFormat::Json => tracing_subscriber::registry()
@@ -46,6 +55,7 @@ pub fn init(format: LogFormat) {
                 fmt::layer()
                     .json()
                     .flatten_event(true)
+                    .with_ansi(false)
                     .with_writer(std::io::stderr)
                     .with_filter(guard),
             )
@@ -55,6 +65,7 @@ pub fn init(format: LogFormat) {
             .with(
                 fmt::layer()
                     .compact()
+                    .with_ansi(ansi)
                     .with_writer(std::io::stderr)
                     .with_filter(guard),
             )
@@ -65,6 +76,15 @@ pub fn init(format: LogFormat) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_adds_to_the_defaults() {
+        let f = filter_directives(Some("gatehouse=debug"));
+        assert!(f.starts_with(DEFAULT_FILTER));
+        assert!(f.ends_with(",gatehouse=debug"));
+        assert_eq!(filter_directives(Some("  ")), DEFAULT_FILTER);
+        assert_eq!(filter_directives(None), DEFAULT_FILTER);
+    }
 
     #[test]
     fn engine_debug_records_are_dropped_whatever_the_filter() {

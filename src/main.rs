@@ -10,7 +10,8 @@ use gatehouse::logging::{self, LogFormat};
 #[command(
     name = "gatehouse",
     version,
-    about = "TLS-terminating authorization gateway"
+    about = "TLS-terminating authorization gateway",
+    after_help = "Exit codes: 0 ok, 1 bad config or input, 2 runtime failure (e.g. port in use); explain: 3 when the request would be refused.\nSignals (serve): HUP reloads config and certificates; TERM and INT drain in-flight requests and exit 0; QUIT hands the listening sockets to a new process started with --upgrade."
 )]
 struct Cli {
     /// Log output format (stderr). Filter with RUST_LOG, e.g. RUST_LOG=debug.
@@ -24,6 +25,7 @@ struct Cli {
 enum Cmd {
     /// Run the gateway.
     Serve {
+        /// The config file (TOML).
         #[arg(short, long, default_value = "config/gatehouse.toml")]
         config: PathBuf,
         /// Take the listening sockets over from a running gatehouse (send it SIGQUIT).
@@ -32,6 +34,7 @@ enum Cmd {
     },
     /// Load and validate the config (files and keys included), print a summary.
     Check {
+        /// The config file (TOML).
         #[arg(short, long, default_value = "config/gatehouse.toml")]
         config: PathBuf,
     },
@@ -43,6 +46,7 @@ enum Cmd {
     },
     /// Print the access matrix (roles × routes × read/update) and policy findings.
     Matrix {
+        /// The config file (TOML).
         #[arg(short, long, default_value = "config/gatehouse.toml")]
         config: PathBuf,
         #[arg(long, value_parser = ["text", "csv", "md"], default_value = "text")]
@@ -50,6 +54,7 @@ enum Cmd {
     },
     /// Dry-run one request through routing, authentication and authorization.
     Explain {
+        /// The config file (TOML).
         #[arg(short, long, default_value = "config/gatehouse.toml")]
         config: PathBuf,
         /// Bearer token (JWT); `-` reads it from stdin, `@FILE` from a file.
@@ -69,13 +74,30 @@ enum Cmd {
     },
     /// Write a development PKI as PEM files.
     Certs {
+        /// Directory to write ca, server, client and backend .crt/.key into.
         #[arg(long, default_value = "certs")]
         out: PathBuf,
+        /// Replace files that are already there (a new CA invalidates every old cert).
+        #[arg(long)]
+        force: bool,
     },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors are bad input (exit 1, SPEC section 1), not clap's default 2, which
+    // gatehouse reserves for runtime failures.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(1),
+            };
+        }
+    };
     logging::init(cli.log_format);
     match cli.cmd {
         Cmd::Check { config } => match gatehouse::config::load(&config) {
@@ -120,7 +142,26 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Certs { out } => {
+        Cmd::Certs { out, force } => {
+            let names = [
+                "ca.crt",
+                "ca.key",
+                "server.crt",
+                "server.key",
+                "client.crt",
+                "client.key",
+                "backend.crt",
+                "backend.key",
+            ];
+            if !force {
+                if let Some(existing) = names.iter().map(|n| out.join(n)).find(|p| p.exists()) {
+                    eprintln!(
+                        "gatehouse: {} exists; pass --force to replace the whole dev PKI (a new CA invalidates the old certificates)",
+                        existing.display()
+                    );
+                    return ExitCode::from(1);
+                }
+            }
             let pki = match gatehouse::devkit::DevPki::generate() {
                 Ok(p) => p,
                 Err(e) => {

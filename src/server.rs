@@ -307,7 +307,17 @@ impl Gatehouse {
         if opts.signals {
             replay_early_signals();
         }
-        tracing::info!(listen = %rt.server.listen, admin = ?admin_addr, routes = rt.routes.len(), "gatehouse is serving");
+        tracing::info!(
+            listen = %rt.server.listen,
+            admin = %admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+            redirect = %redirect_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+            audit = %match &rt.audit.path {
+                crate::config::AuditPath::Stdout => "stdout".to_string(),
+                crate::config::AuditPath::Dir(d) => d.display().to_string(),
+            },
+            routes = rt.routes.len(),
+            "gatehouse is serving"
+        );
         Ok(Gatehouse {
             shared,
             reloader,

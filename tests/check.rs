@@ -557,6 +557,8 @@ defects! {
         "path_prefix = \"/orders/items\"\nmethods = [\"HEAD\"]\nupstream = \"orders\"\n")]
         key "routes[3]" at "[[routes]]\nname = \"order-items\"",
         says ["never reached", "routes[1] (\"orders-read\")", "narrow it"];
+    unknown_method: ["methods = [\"GET\", \"POST\"]" => "methods = [\"GET\", \"DELET\"]"]
+        key "routes[2].methods" at "\"DELET\"", says ["unknown method \"DELET\"", "did you mean \"DELETE\"?"];
     bad_auth_mode: ["auth = \"none\"" => "auth = \"maybe\""]
         key "routes[0].auth" at "\"maybe\"", says ["\"maybe\"", "use \"required\" or \"none\""];
 

@@ -31,6 +31,11 @@ fn allowed_request_reaches_backend_over_mtls_h1_and_h2() {
         assert_eq!(r.echoed("x-auth-subject"), vec!["alice"]);
         assert_eq!(r.echoed("x-auth-roles"), vec!["data-steward"]);
         assert_eq!(r.echoed("x-row-filter"), vec!["region=eu-west"]);
+        assert_eq!(
+            r.echoed("x-auth-issuer"),
+            vec![env.issuer().issuer_url()],
+            "iss verbatim"
+        );
         assert_eq!(r.echoed("x-forwarded-proto"), vec!["https"]);
         assert_eq!(r.echoed("x-forwarded-for"), vec!["127.0.0.1"]);
         assert!(

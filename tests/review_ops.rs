@@ -557,7 +557,10 @@ fn readyz_reports_draining_after_sigterm() {
     // Ready once the issuer's keys are in (that can lag the listener on a busy machine).
     let start = std::time::Instant::now();
     while plain_get(admin, "/readyz").0 != 200 {
-        assert!(start.elapsed() < Duration::from_secs(15), "never became ready");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "never became ready"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let client = env.client(false);

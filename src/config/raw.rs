@@ -245,7 +245,7 @@ fn backticked(msg: &str) -> Vec<String> {
 }
 
 /// The allowed key closest to a misspelt one, if any is close.
-fn closest<'a>(field: &str, allowed: &'a [String]) -> Option<&'a str> {
+pub(crate) fn closest<'a>(field: &str, allowed: &'a [String]) -> Option<&'a str> {
     allowed
         .iter()
         .map(|a| (edit_distance(field, a), a))

@@ -190,9 +190,11 @@ pub fn decide(
         HeaderName::from_static("x-auth-roles"),
         header_value(&joined.join(",")),
     ));
+    // Verbatim: `iss` matched a configured issuer exactly, and config accepts only https
+    // URLs there, so a backend can compare it with its IdP's URL as is.
     headers.push((
         HeaderName::from_static("x-auth-issuer"),
-        header_value(&encode(&id.iss)),
+        header_value(&id.iss),
     ));
     let view = View { id, roles: &roles };
     for f in &route.row_filters {

@@ -92,7 +92,13 @@ pub fn load_str(path: &Path, src: &str) -> Result<Runtime, ConfigErrors> {
     let raw: RawConfig = match super::raw::parse(src) {
         Ok(r) => r,
         Err(e) => {
-            v.err(e.span, e.key, e.message);
+            // Syntax and schema errors stop the parse: say so, or an operator who fixes
+            // this one would be surprised by the next.
+            let message = format!(
+                "{} (checking stops at the first syntax or schema error: fix it and run check again)",
+                e.message.replace('\n', " ")
+            );
+            v.err(e.span, e.key, message);
             return Err(ConfigErrors(v.errors));
         }
     };

@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// Methods a route may name.
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+];
+
 impl Validator<'_> {
     pub(super) fn routes(&mut self, raw: &RawConfig, issuers: &[IssuerSettings]) -> Vec<Route> {
         let mut out: Vec<Route> = Vec::new();
@@ -66,11 +71,22 @@ impl Validator<'_> {
                 let mut v = Vec::new();
                 for m in ms.get_ref() {
                     let up = m.get_ref().to_ascii_uppercase();
-                    if up.is_empty() || !up.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
+                    // A typo must not silently drop a method from a route (a DELETE would
+                    // then fall through to another route or a 404).
+                    if !KNOWN_METHODS.contains(&up.as_str()) {
+                        let known: Vec<String> =
+                            KNOWN_METHODS.iter().map(|s| s.to_string()).collect();
+                        let hint = super::super::raw::closest(&up, &known)
+                            .map(|c| format!("did you mean \"{c}\"? "))
+                            .unwrap_or_default();
                         self.err(
                             m.span(),
                             k("methods"),
-                            format!("{:?} is not an HTTP method", m.get_ref()),
+                            format!(
+                                "unknown method {:?}; {hint}use {}",
+                                m.get_ref(),
+                                KNOWN_METHODS.join(", ")
+                            ),
                         );
                         ok = false;
                     } else if !v.contains(&up) {
