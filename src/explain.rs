@@ -492,12 +492,23 @@ fn verify_claims(
     let settings = match (same.is_empty(), picked) {
         (_, Some(s)) => *s,
         (true, None) => {
+            // The operator's own claims: name the values, trailing-slash mistakes included.
+            let configured: Vec<String> = rt
+                .issuers
+                .iter()
+                .map(|i| format!("{}: {:?}", i.name, i.issuer))
+                .collect();
+            let detail = format!(
+                "token iss {:?} is not a configured issuer ({})",
+                iss.unwrap_or(""),
+                configured.join(", ")
+            );
             return fail_rest(
                 checks,
                 1,
-                AuthError::new(DenyReason::WrongIssuer, "issuer not trusted"),
+                AuthError::new(DenyReason::WrongIssuer, detail),
                 &|_| String::new(),
-            )
+            );
         }
         (false, None) => {
             return fail_rest(
@@ -541,6 +552,23 @@ fn verify_claims(
         }
         Err(e) => {
             let aud = payload.get("aud").map(Value::to_string).unwrap_or_default();
+            let e = if e.reason == DenyReason::WrongAudience {
+                AuthError::new(
+                    e.reason,
+                    format!(
+                        "token aud {} is not one of {} accepts: {:?}",
+                        if aud.is_empty() {
+                            "(none)".to_string()
+                        } else {
+                            aud.clone()
+                        },
+                        settings.name,
+                        settings.audiences
+                    ),
+                )
+            } else {
+                e
+            };
             let at = failing_check(&e);
             fail_rest(checks, at, e, &|i| {
                 if i == 6 {

@@ -22,6 +22,8 @@ use crate::tls::SwappableCert;
 
 pub struct Reloader {
     pub path: PathBuf,
+    /// The config the process started with: what listeners, threads and audit run on.
+    boot: Arc<Runtime>,
     pub shared: Arc<Shared>,
     pub cert: Arc<SwappableCert>,
     pub io: tokio::runtime::Handle,
@@ -39,35 +41,55 @@ pub fn publish_certs(rt: &Runtime) {
     }
 }
 
-/// What changed that only a restart applies.
-pub fn needs_restart(old: &Runtime, new: &Runtime) -> Vec<String> {
+/// What differs between the running process (`running`: the config it started with) and
+/// the file, among the settings only a restart applies; one line each, both values named.
+pub fn needs_restart(running: &Runtime, file: &Runtime) -> Vec<String> {
+    fn addr(a: Option<std::net::SocketAddr>) -> String {
+        a.map(|a| a.to_string()).unwrap_or_else(|| "off".into())
+    }
     let mut v = Vec::new();
-    if old.server.listen != new.server.listen {
-        v.push(format!(
-            "server.listen {} -> {}",
-            old.server.listen, new.server.listen
-        ));
-    }
-    if old.server.redirect_http != new.server.redirect_http {
-        v.push("server.redirect_http".to_string());
-    }
-    if old.admin_listen != new.admin_listen {
-        v.push("admin.listen".to_string());
-    }
-    if old.server.tls_min != new.server.tls_min {
-        v.push("server.tls_min_version".to_string());
-    }
-    if old.server.threads != new.server.threads {
-        v.push("server.threads".to_string());
-    }
-    if old.audit.path != new.audit.path {
-        v.push("audit.path".to_string());
-    }
-    if old.audit.pseudonym_key != new.audit.pseudonym_key {
-        v.push("audit.pseudonym_key".to_string());
-    }
-    if old.audit.retention_days != new.audit.retention_days {
-        v.push("audit.retention_days".to_string());
+    let mut differ = |key: &str, run: String, new: String| {
+        if run != new {
+            v.push(format!("{key}: running {run}, file says {new}"));
+        }
+    };
+    differ(
+        "server.listen",
+        running.server.listen.to_string(),
+        file.server.listen.to_string(),
+    );
+    differ(
+        "server.redirect_http",
+        addr(running.server.redirect_http),
+        addr(file.server.redirect_http),
+    );
+    differ(
+        "admin.listen",
+        addr(running.admin_listen),
+        addr(file.admin_listen),
+    );
+    differ(
+        "server.tls_min_version",
+        format!("{:?}", running.server.tls_min),
+        format!("{:?}", file.server.tls_min),
+    );
+    differ(
+        "server.threads",
+        running.server.threads.to_string(),
+        file.server.threads.to_string(),
+    );
+    differ(
+        "audit.path",
+        format!("{:?}", running.audit.path),
+        format!("{:?}", file.audit.path),
+    );
+    differ(
+        "audit.retention_days",
+        running.audit.retention_days.to_string(),
+        file.audit.retention_days.to_string(),
+    );
+    if running.audit.pseudonym_key != file.audit.pseudonym_key {
+        v.push("audit.pseudonym_key: the file names another key than the one running".to_string());
     }
     v
 }
@@ -79,8 +101,10 @@ impl Reloader {
         cert: Arc<SwappableCert>,
         io: tokio::runtime::Handle,
     ) -> Self {
+        let boot = shared.live.load().rt.clone();
         Reloader {
             path,
+            boot,
             shared,
             cert,
             io,
@@ -106,7 +130,7 @@ impl Reloader {
             }
         };
         let old = self.shared.live.load_full();
-        let restart = needs_restart(&old.rt, &new);
+        let restart = needs_restart(&self.boot, &new);
         for w in &new.warnings {
             tracing::warn!(target: "gatehouse::reload", "{w}");
         }

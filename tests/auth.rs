@@ -852,11 +852,21 @@ fn jwks_metrics_are_exported() {
         ) >= 1.0,
         "{m}"
     );
-    assert_eq!(
-        metric_value(&m, "gatehouse_jwks_keys", &[("issuer", "corp")]),
-        2.0,
-        "RS256 and ES256 keys: {m}"
-    );
+    // The registry is process-wide and every test gateway's issuer is called "corp": a
+    // parallel test whose IdP is down holds the gauge at 0 until it recovers. Wait for 2.
+    let start = std::time::Instant::now();
+    loop {
+        let m = env.metrics();
+        let keys = metric_value(&m, "gatehouse_jwks_keys", &[("issuer", "corp")]);
+        if keys == 2.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "RS256 and ES256 keys: {m}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     assert!(
         m.contains("# TYPE gatehouse_jwks_refresh_total counter"),
         "{m}"

@@ -209,7 +209,7 @@ fn allow_shows_route_roles_headers_and_status() {
     );
     assert_eq!(v["headers"]["x-auth-subject"], "alice");
     assert_eq!(v["headers"]["x-auth-roles"], "data-steward");
-    assert_eq!(v["headers"]["x-auth-issuer"], "https%3A%2F%2Fcorp.example");
+    assert_eq!(v["headers"]["x-auth-issuer"], "https://corp.example");
     assert_eq!(v["headers"]["x-row-filter"], "region=eu-west");
     assert_eq!(v["upstream"], "orders");
     let checks = v["token_checks"].as_array().unwrap();
