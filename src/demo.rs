@@ -119,11 +119,15 @@ pub fn run(port: u16) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let pki = DevPki::generate()?;
     pki.write_to(&dir.join("certs"))?;
-    write(
+    let key = write(
         &dir,
         "pseudonym.key",
         &crate::proxy::headers::new_request_id(),
     )?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    }
 
     let io = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -186,6 +190,7 @@ gatehouse demo is running (Ctrl-C stops everything)
   backend   https://{echo} (mTLS echo: answers with the headers it received)
   admin     http://127.0.0.1:{admin}/metrics  /healthz  /readyz
   redirect  http://127.0.0.1:{redirect}/  -> 308 to HTTPS
+  audit     {audit}/audit-YYYY-MM-DD.jsonl  (one JSON line per request; subjects pseudonymised)
 
 # 0. a public route (auth = "none"): no token, no identity headers
 curl --cacert {ca} {base}/health
@@ -215,6 +220,7 @@ curl -s http://127.0.0.1:{admin}/metrics | grep ^gatehouse_requests_total
 "#,
         iss = issuer.issuer_url(),
         echo = echo.addr(),
+        audit = dir.join("audit").display(),
         config = config.display(),
     );
     gh.wait();

@@ -147,6 +147,11 @@ pub fn method_label(method: &str) -> &'static str {
 
 /// Touch every metric so that `/metrics` lists each family from the start.
 pub fn init() {
+    // Both results exist from the start, so `increase(...{result="error"}[5m]) > 0` alerts
+    // work before the first failure.
+    for result in ["ok", "error"] {
+        CONFIG_RELOADS_TOTAL.with_label_values(&[result]).inc_by(0);
+    }
     LazyLock::force(&REQUESTS_TOTAL);
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&AUTH_DECISIONS_TOTAL);

@@ -391,6 +391,11 @@ impl KeyStore {
         // Present from the start: an issuer that never gets keys shows 0, so an alert on
         // `gatehouse_jwks_keys == 0` fires for it too.
         JWKS_KEYS.with_label_values(&[&name]).set(0);
+        for result in ["ok", "error"] {
+            JWKS_REFRESH_TOTAL
+                .with_label_values(&[&name, result])
+                .inc_by(0);
+        }
         Arc::new(KeyStore {
             name,
             refresh: refresh.max(Duration::from_secs(1)),
@@ -464,7 +469,12 @@ impl KeyStore {
                 JWKS_REFRESH_TOTAL
                     .with_label_values(&[&self.name, "error"])
                     .inc();
-                tracing::warn!(issuer = %self.name, error = %e, "JWKS refresh failed; keeping last good keys");
+                if self.is_loaded() {
+                    tracing::warn!(issuer = %self.name, error = %e, "JWKS refresh failed; keeping last good keys");
+                } else {
+                    tracing::error!(issuer = %self.name, error = %e,
+                        "JWKS fetch failed and there are no signing keys yet: routes accepting this issuer answer 503 until it succeeds");
+                }
             }
         }
     }

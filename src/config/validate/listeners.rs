@@ -231,6 +231,18 @@ impl Validator<'_> {
             .pseudonym_key
             .as_ref()
             .and_then(|k| self.secret(k, "audit.pseudonym_key"));
+        if let (Some(key), Some(raw_key)) = (&pseudonym_key, r.pseudonym_key.as_ref()) {
+            if key.len() < 32 {
+                self.warn(
+                    raw_key.span(),
+                    "audit.pseudonym_key",
+                    format!(
+                        "is {} bytes; a short key can be guessed and the pseudonyms reversed: use 32 random bytes or more (e.g. `openssl rand -hex 32`)",
+                        key.len()
+                    ),
+                );
+            }
+        }
         AuditSettings {
             path,
             retention_days,

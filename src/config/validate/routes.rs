@@ -2,6 +2,21 @@
 
 use super::*;
 
+/// The message for a role name no `[roles.NAME]` declares: a likely typo first, then
+/// the known names, then how to declare a new one.
+fn unknown_role(name: &str, known: &[&String]) -> String {
+    let owned: Vec<String> = known.iter().map(|s| s.to_string()).collect();
+    let hint = super::super::raw::closest(name, &owned)
+        .map(|c| format!("did you mean {c:?}? "))
+        .unwrap_or_default();
+    let list = if owned.is_empty() {
+        "none configured".to_string()
+    } else {
+        owned.join(", ")
+    };
+    format!("unknown role {name:?} (known: {list}); {hint}or declare it as [roles.{name}]")
+}
+
 /// Methods a route may name.
 const KNOWN_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
@@ -133,12 +148,7 @@ impl Validator<'_> {
                         self.err(
                             role.span(),
                             k("allow_roles"),
-                            format!(
-                                "unknown role {:?} (known: {}); declare it as [roles.{}]",
-                                role.get_ref(),
-                                known(role_names.clone()),
-                                role.get_ref()
-                            ),
+                            unknown_role(role.get_ref(), &role_names),
                         );
                         ok = false;
                     }
@@ -250,6 +260,14 @@ impl Validator<'_> {
                     ok = false;
                 }
                 let template = match Template::parse(fr.value.get_ref()) {
+                    Ok(t) if t.placeholders().next().is_none() => {
+                        self.warn(
+                            fr.value.span(),
+                            &fk("value"),
+                            "has no placeholder, so every caller gets the same filter; use {claims.PATH}, {sub}, {client_id}, {roles} or {issuer}".to_string(),
+                        );
+                        Some(t)
+                    }
                     Ok(t) => Some(t),
                     Err(e) => {
                         self.err(fr.value.span(), fk("value"), e);
@@ -263,12 +281,7 @@ impl Validator<'_> {
                         self.err(
                             role.span(),
                             fk("except_roles"),
-                            format!(
-                                "unknown role {:?} (known: {}); declare it as [roles.{}]",
-                                role.get_ref(),
-                                known(role_names.clone()),
-                                role.get_ref()
-                            ),
+                            unknown_role(role.get_ref(), &role_names),
                         );
                         ok = false;
                     }
