@@ -226,13 +226,21 @@ fn traceparent_passes_through_and_upstream_connections_are_reused() {
         false,
     );
     assert_eq!(a.echoed("traceparent"), vec![tp]);
-    let b = env.get("/public/b", None, true);
-    // The echo backend reports the gateway's source address: the same one twice means
-    // the second request rode the pooled keep-alive connection.
-    assert_eq!(
-        a.json()["peer"],
-        b.json()["peer"],
-        "upstream connection reused"
+    // The echo backend reports the gateway's source address: fewer distinct addresses
+    // than requests means requests rode pooled keep-alive connections. (A connection goes
+    // back to the pool just after its response, so sequential requests are spaced a
+    // little.)
+    let mut peers = std::collections::HashSet::new();
+    peers.insert(a.json()["peer"].to_string());
+    for i in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let b = env.get(&format!("/public/{i}"), None, i % 2 == 0);
+        peers.insert(b.json()["peer"].to_string());
+    }
+    assert!(
+        peers.len() < 6,
+        "6 requests, {} upstream connections: none reused",
+        peers.len()
     );
     assert_eq!(a.json()["version"], "HTTP/1.1", "HTTP/1.1 upstream");
 }
