@@ -55,7 +55,11 @@ fn sigquit_hands_the_sockets_to_a_new_process_without_failed_requests() {
                         let _ = r.bytes().await;
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    _ => {
+                    other => {
+                        match other {
+                            Ok(r) => eprintln!("failed request: status {}", r.status()),
+                            Err(e) => eprintln!("failed request: {e:?}"),
+                        }
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
                 }

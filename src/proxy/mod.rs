@@ -213,6 +213,9 @@ impl Gateway {
             resp.insert_header("strict-transport-security", format!("max-age={hsts}"))?;
         }
         ctx.own_status = Some(p.status);
+        if self.shared.draining.load(Ordering::Acquire) {
+            session.set_keepalive(None);
+        }
         let head = session.req_header().method == http::Method::HEAD;
         session.write_response_header(Box::new(resp), head).await?;
         if !head {
@@ -454,10 +457,16 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if self.shared.draining.load(Ordering::Acquire) {
+            // Draining (SIGTERM, or a hand-over to a new process): tell HTTP/1.1 clients
+            // this connection ends with this response, so they open a new one (to the
+            // new process) instead of racing a request against the close.
+            session.set_keepalive(None);
+        }
         let hsts = ctx.live.rt.server.hsts_max_age_s;
         if hsts > 0 {
             resp.insert_header("strict-transport-security", format!("max-age={hsts}"))?;
