@@ -772,41 +772,7 @@ fn client_credentials_token_from_the_token_endpoint() {
 
 #[test]
 fn opaque_tokens_are_introspected() {
-    let var = format!("GH_TEST_IDP_SECRET_{}", std::process::id());
-    std::env::set_var(&var, "intro-s3cret");
-    let mut env = Env::with(EnvOptions {
-        routes: routes_prefixed("opaque"),
-        issuer_extra: format!(
-            "introspection = {{ url = \"{{issuer}}/introspect\", client_id = \"gatehouse\", client_secret = {{ env = \"{var}\" }} }}"
-        ),
-        start_gateway: false,
-        ..EnvOptions::default()
-    });
-    // `issuer_extra` is written as is: put the issuer URL in now.
-    let text = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(
-        &env.config,
-        text.replace("{issuer}", &env.issuer().issuer_url()),
-    )
-    .unwrap();
-    env.issuer()
-        .register_client("gatehouse", "intro-s3cret", KeyAlg::RS256, json!({}));
-    env.start_gateway();
-
-    let opaque = format!("opq_{}", "7f3a9c2e5b8d1046".repeat(3));
-    env.issuer().register_opaque(
-        &opaque,
-        json!({
-            "iss": env.issuer().issuer_url(),
-            "aud": AUDIENCE,
-            "sub": "bob",
-            "email": "bob@example.com",
-            "groups": ["sg-data-stewards"],
-            "scope": "orders.read",
-            "region": "us-east",
-            "exp": now() + 600,
-        }),
-    );
+    let (env, opaque) = introspection_env(routes_prefixed("opaque"));
     let calls = env.issuer().introspect_requests();
     let r = env.get("/orders/3", Some(&opaque), false);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));

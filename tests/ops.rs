@@ -10,23 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-const OPS_ROUTES: &str = r#"
-[roles.data-steward]
-groups = ["sg-data-stewards"]
-
-[[routes]]
-name = "slow"
-path_prefix = "/slow"
-upstream = "echo"
-auth = "none"
-
-[[routes]]
-name = "orders"
-path_prefix = "/orders"
-upstream = "echo"
-allow_roles = ["data-steward"]
-"#;
-
 fn ops_env() -> Env {
     Env::with(EnvOptions {
         routes: OPS_ROUTES.to_string(),

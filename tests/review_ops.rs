@@ -13,22 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-const ROUTES: &str = r#"
-[roles.data-steward]
-groups = ["sg-data-stewards"]
-
-[[routes]]
-name = "slow"
-path_prefix = "/slow"
-upstream = "echo"
-auth = "none"
-
-[[routes]]
-name = "orders"
-path_prefix = "/orders"
-upstream = "echo"
-allow_roles = ["data-steward"]
-"#;
+const ROUTES: &str = OPS_ROUTES;
 
 // ---- helpers ------------------------------------------------------------------------
 

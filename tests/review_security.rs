@@ -303,47 +303,10 @@ fn forbidden_details_do_not_enumerate_policy() {
     }
 }
 
-fn introspection_env(extra_routes: &str) -> (Env, String) {
-    let var = format!("GH_REVIEW_IDP_SECRET_{}", std::process::id());
-    std::env::set_var(&var, "intro-s3cret");
-    let mut env = Env::with(EnvOptions {
-        routes: format!("{DEFAULT_ROUTES}\n{extra_routes}"),
-        issuer_extra: format!(
-            "introspection = {{ url = \"{{issuer}}/introspect\", client_id = \"gatehouse\", client_secret = {{ env = \"{var}\" }} }}"
-        ),
-        start_gateway: false,
-        ..EnvOptions::default()
-    });
-    let text = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(
-        &env.config,
-        text.replace("{issuer}", &env.issuer().issuer_url()),
-    )
-    .unwrap();
-    env.issuer()
-        .register_client("gatehouse", "intro-s3cret", KeyAlg::RS256, json!({}));
-    env.start_gateway();
-    let opaque = format!("opq_{}", "5e1f0a9d3c7b2468".repeat(3));
-    env.issuer().register_opaque(
-        &opaque,
-        json!({
-            "iss": env.issuer().issuer_url(),
-            "aud": AUDIENCE,
-            "sub": "bob",
-            "email": "bob@example.com",
-            "groups": ["sg-data-stewards"],
-            "scope": "orders.read",
-            "region": "us-east",
-            "exp": now() + 600,
-        }),
-    );
-    (env, opaque)
-}
-
 // FIXED (regression test): the introspection answer cache survives a config reload (Authenticator::with_fetchers reuses `previous.introspector`, keyed by issuer *name*), so an opaque token keeps passing for up to 5 min under issuer settings (audiences, iss, claim mapping) that now reject it.
 #[test]
 fn reload_discards_cached_introspection_answers() {
-    let (env, opaque) = introspection_env("");
+    let (env, opaque) = introspection_env(DEFAULT_ROUTES.to_string());
     let r = env.get("/orders/3", Some(&opaque), false);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     // The operator stops accepting tokens for api://orders at this issuer.

@@ -62,6 +62,25 @@ upstream = "echo"
 allow_roles = []
 "#;
 
+/// Minimal routes for operations tests: a public `/slow` (the echo backend's delay path)
+/// and `/orders` for the data-steward role.
+pub const OPS_ROUTES: &str = r#"
+[roles.data-steward]
+groups = ["sg-data-stewards"]
+
+[[routes]]
+name = "slow"
+path_prefix = "/slow"
+upstream = "echo"
+auth = "none"
+
+[[routes]]
+name = "orders"
+path_prefix = "/orders"
+upstream = "echo"
+allow_roles = ["data-steward"]
+"#;
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub pki: DevPki,
@@ -80,7 +99,7 @@ pub struct EnvOptions {
     pub routes: String,
     /// Extra lines for `[server]`.
     pub server_extra: String,
-    /// Extra lines for `[issuers.corp]`.
+    /// Extra lines for `[issuers.corp]`; `{issuer}` is replaced by the issuer's URL.
     pub issuer_extra: String,
     /// Extra lines for `[upstreams.echo]`.
     pub upstream_extra: String,
@@ -203,7 +222,7 @@ read_timeout_ms = 1500
 "#,
             server_extra = o.server_extra,
             issuer = issuer.issuer_url(),
-            issuer_extra = o.issuer_extra,
+            issuer_extra = o.issuer_extra.replace("{issuer}", &issuer.issuer_url()),
             upstream_extra = o.upstream_extra,
             routes = o
                 .routes
@@ -519,4 +538,47 @@ pub fn send_signal(child: &std::process::Child, sig: i32) {
     unsafe {
         libc::kill(child.id() as i32, sig);
     }
+}
+
+/// An env whose issuer `corp` also introspects opaque tokens (RFC 7662 at the devkit
+/// issuer), with one active opaque token registered for bob (group sg-data-stewards,
+/// scope orders.read, region us-east); returns the env and that token.
+pub fn introspection_env(routes: String) -> (Env, String) {
+    let var = format!("GH_TEST_INTROSPECTION_SECRET_{}", std::process::id());
+    std::env::set_var(&var, "intro-s3cret");
+    let mut env = Env::with(EnvOptions {
+        routes,
+        issuer_extra: format!(
+            "introspection = {{ url = \"{{issuer}}/introspect\", client_id = \"gatehouse\", client_secret = {{ env = \"{var}\" }} }}"
+        ),
+        start_gateway: false,
+        ..EnvOptions::default()
+    });
+    env.issuer().register_client(
+        "gatehouse",
+        "intro-s3cret",
+        gatehouse::devkit::KeyAlg::RS256,
+        serde_json::json!({}),
+    );
+    env.start_gateway();
+    let opaque = format!("opq_{}", "7f3a9c2e5b8d1046".repeat(3));
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    env.issuer().register_opaque(
+        &opaque,
+        serde_json::json!({
+            "iss": env.issuer().issuer_url(),
+            "aud": AUDIENCE,
+            "sub": "bob",
+            "email": "bob@example.com",
+            "groups": ["sg-data-stewards"],
+            "scope": "orders.read",
+            "region": "us-east",
+            "exp": exp,
+        }),
+    );
+    (env, opaque)
 }
