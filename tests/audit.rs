@@ -6,7 +6,6 @@ mod common;
 
 use std::io::Read;
 use std::process::Stdio;
-use std::time::Duration;
 
 use common::*;
 use hmac::{Hmac, Mac};
@@ -197,7 +196,7 @@ fn no_token_cookie_or_query_string_in_any_log() {
         .spawn()
         .unwrap();
     wait_listening(env.https);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_child_ready(&env);
     let good = env.token(json!({}));
     let expired = env.token(json!({"exp": 1_000_000_000}));
     let bad_sig = format!("{}x", &good[..good.len() - 2]);

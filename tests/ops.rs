@@ -31,6 +31,7 @@ fn ops_process(edit: impl FnOnce(String) -> String) -> (Env, std::process::Child
         .spawn()
         .unwrap();
     wait_listening(env.https);
+    wait_child_ready(&env);
     (env, child)
 }
 
@@ -96,13 +97,7 @@ fn route_change_by_sighup_under_concurrent_traffic_fails_no_request() {
         200,
         "the new route serves"
     );
-    let admin = config_text(&env)
-        .lines()
-        .skip_while(|l| *l != "[admin]")
-        .nth(1)
-        .and_then(|l| l.split('"').nth(1))
-        .unwrap()
-        .to_string();
+    let admin = admin_addr_in_config(&env);
     let m = env.block_on(async {
         reqwest::get(format!("http://{admin}/metrics"))
             .await

@@ -582,3 +582,34 @@ pub fn introspection_env(routes: String) -> (Env, String) {
     );
     (env, opaque)
 }
+
+/// The admin listener's address as written in the env's config file (for a gateway run
+/// as a child process).
+pub fn admin_addr_in_config(env: &Env) -> String {
+    std::fs::read_to_string(&env.config)
+        .unwrap()
+        .lines()
+        .skip_while(|l| *l != "[admin]")
+        .nth(1)
+        .and_then(|l| l.split('"').nth(1))
+        .expect("an [admin] listen line")
+        .to_string()
+}
+
+/// Waits (up to 20 s) until a child-process gateway's `/readyz` answers 200: it listens
+/// before its issuer keys are in, and a request in between would get a 503.
+pub fn wait_child_ready(env: &Env) {
+    let ready = format!("http://{}/readyz", admin_addr_in_config(env));
+    let start = std::time::Instant::now();
+    while env
+        .block_on(async { reqwest::get(&ready).await.map(|r| r.status().as_u16()) })
+        .ok()
+        != Some(200)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the gateway never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
