@@ -12,12 +12,25 @@ use serde_json::json;
 use crate::devkit::{DevPki, EchoBackend, EchoOptions, IssuerOptions, KeyAlg, MockIssuer};
 use crate::server::{Gatehouse, Options};
 
-/// The port if it is free on 127.0.0.1, else any free port.
-pub fn port_or_free(preferred: u16) -> u16 {
-    if preferred != 0 && TcpListener::bind((Ipv4Addr::LOCALHOST, preferred)).is_ok() {
-        return preferred;
+/// For each preferred port: that port if it is free on 127.0.0.1, else any free port.
+/// All are held while choosing, so the answers are distinct.
+pub fn ports_or_free<const N: usize>(preferred: [u16; N]) -> [u16; N] {
+    let mut held: Vec<TcpListener> = Vec::with_capacity(N);
+    for p in preferred {
+        let l = (p != 0)
+            .then(|| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).ok())
+            .flatten()
+            .or_else(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).ok());
+        if let Some(l) = l {
+            held.push(l);
+        }
     }
-    free_port()
+    std::array::from_fn(|i| {
+        held.get(i)
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
+            .unwrap_or(18443 + i as u16)
+    })
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
@@ -153,9 +166,11 @@ pub fn run(port: u16) -> anyhow::Result<()> {
         EchoOptions::default(),
     ))?;
 
-    let https = port_or_free(port);
-    let redirect = port_or_free(if port == 0 { 0 } else { 8080 });
-    let admin = port_or_free(if port == 0 { 0 } else { 9900 });
+    let [https, redirect, admin] = if port == 0 {
+        ports_or_free([0, 0, 0])
+    } else {
+        ports_or_free([port, 8080, 9900])
+    };
     let config = write(
         &dir,
         "gatehouse.toml",

@@ -123,6 +123,14 @@ impl Default for EnvOptions {
     }
 }
 
+/// `N` distinct ports that were free a moment ago on 127.0.0.1.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind(("127.0.0.1", 0)).expect("a free port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
 pub fn free_port() -> u16 {
     gatehouse::demo::free_port()
 }
@@ -177,9 +185,8 @@ impl Env {
                 EchoOptions::default(),
             ))
             .expect("echo");
-        let https_port = free_port();
-        let admin_port = free_port();
-        let redirect_port = free_port();
+        // Held together so that the three are distinct (the config refuses a clash).
+        let [https_port, admin_port, redirect_port] = free_ports::<3>();
         let addrs = o
             .upstream_addrs
             .clone()
