@@ -188,13 +188,13 @@ fn no_token_cookie_or_query_string_in_any_log() {
         start_gateway: false,
         ..EnvOptions::default()
     });
-    let mut child = serve_command(&env)
-        .args(["--log-format", "json"])
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Guarded::spawn(
+        serve_command(&env)
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     wait_listening(env.https);
     wait_child_ready(&env);
     let good = env.token(json!({}));

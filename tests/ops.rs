@@ -18,18 +18,18 @@ fn ops_env() -> Env {
 }
 
 /// The ops routes with the gateway as a child process (`serve`), listening.
-fn ops_process(edit: impl FnOnce(String) -> String) -> (Env, std::process::Child) {
+fn ops_process(edit: impl FnOnce(String) -> String) -> (Env, Guarded) {
     let env = Env::with(EnvOptions {
         routes: OPS_ROUTES.to_string(),
         start_gateway: false,
         ..EnvOptions::default()
     });
     std::fs::write(&env.config, edit(config_text(&env))).unwrap();
-    let child = serve_command(&env)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Guarded::spawn(
+        serve_command(&env)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
     wait_listening(env.https);
     wait_child_ready(&env);
     (env, child)

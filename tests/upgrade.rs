@@ -4,22 +4,19 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-fn serve(env: &Env, upgrade: bool) -> Child {
+fn serve(env: &Env, upgrade: bool) -> Guarded {
     let mut c = serve_command(env);
     if upgrade {
         c.arg("--upgrade");
     }
-    c.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    Guarded::spawn(c.stdout(Stdio::null()).stderr(Stdio::null()))
 }
 
 #[test]

@@ -620,3 +620,35 @@ pub fn wait_child_ready(env: &Env) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A child process killed (and reaped) when dropped, so a failing test does not leave a
+/// gateway running. Derefs to the `Child`.
+pub struct Guarded(pub std::process::Child);
+
+impl Guarded {
+    pub fn spawn(cmd: &mut std::process::Command) -> Guarded {
+        Guarded(cmd.spawn().expect("spawn gatehouse"))
+    }
+}
+
+impl std::ops::Deref for Guarded {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
