@@ -12,9 +12,7 @@ impl Validator<'_> {
             .and_then(|a| self.addr(a, "server.redirect_http"));
         if let (Some(l), Some(rd), Some(raw_rd)) = (listen, redirect_http, r.redirect_http.as_ref())
         {
-            if l.port() == rd.port()
-                && (l.ip() == rd.ip() || l.ip().is_unspecified() || rd.ip().is_unspecified())
-            {
+            if same_socket(l, rd) {
                 self.err(
                     raw_rd.span(),
                     "server.redirect_http",

@@ -314,10 +314,7 @@ impl<'a> Validator<'a> {
                     format!("{a} is not a loopback address: /metrics and /readyz answer anyone who can reach it, without authentication"),
                 );
             }
-            let clash = |b: SocketAddr| {
-                a.port() == b.port()
-                    && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-            };
+            let clash = |b: SocketAddr| same_socket(a, b);
             let taken = server.as_ref().and_then(|s| {
                 if clash(s.listen) {
                     Some("server.listen")
@@ -409,4 +406,10 @@ fn fmt_ts(ts: i64) -> String {
     chrono::DateTime::from_timestamp(ts, 0)
         .map(|d| d.to_rfc3339())
         .unwrap_or_else(|| ts.to_string())
+}
+
+/// Whether two listeners would take the same socket (same port, and the same address or
+/// either one on all addresses).
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
