@@ -99,7 +99,7 @@ except_roles = ["admin"]
     }));
     Fixture {
         _dir: dir,
-        live: Live::new(rt, auth, 1),
+        live: Live::new(rt, auth),
         io,
         token,
     }

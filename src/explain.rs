@@ -167,19 +167,39 @@ pub fn explain(
         status: 0,
         forwarded: false,
     };
-    if let Err(why) = route::check_path(&path) {
-        e.path_refused = Some(why.to_string());
-        return Ok(refuse(e, "bad_path", why.to_string(), 400));
+    // The same routing step as the gateway (target, path normalisation, Host, first
+    // match): a URL a client could send gets the route the gateway would give it.
+    let mut head = http::Request::builder()
+        .method(method.as_str())
+        .uri(&path)
+        // A URL without a host is a request without Host: HTTP/1.0 may send one.
+        .version(if host.is_some() {
+            http::Version::HTTP_11
+        } else {
+            http::Version::HTTP_10
+        });
+    if let Some(h) = &host {
+        head = head.header(http::header::HOST, h.as_str());
     }
-    let Some(r) = route::find(&rt.routes, host.as_deref(), &path, &method).cloned() else {
-        e.near_misses = near_misses(rt, host.as_deref(), &path, &method);
-        return Ok(refuse(
-            e,
-            "no_route",
-            "no route matches this host, path and method".into(),
-            404,
-        ));
+    let mut head = head
+        .body(())
+        .map_err(|err| format!("cannot build a request for {url:?}: {err}"))?
+        .into_parts()
+        .0;
+    let r = match crate::pipeline::route_request(rt, &mut head) {
+        Ok(r) => r,
+        Err(p) if p.status == 404 => {
+            e.near_misses = near_misses(rt, host.as_deref(), head.uri.path(), &method);
+            return Ok(refuse(e, p.kind, p.detail, 404));
+        }
+        Err(p) => {
+            e.path_refused = Some(p.detail.clone());
+            return Ok(refuse(e, p.kind, p.detail, p.status));
+        }
     };
+    if head.uri.path() != path {
+        e.path = head.uri.path().to_string();
+    }
     e.route = Some(r.clone());
     if r.auth == AuthMode::None {
         e.decision = "public";

@@ -16,7 +16,8 @@ pub struct Live {
     pub rt: Arc<Runtime>,
     pub auth: Arc<Authenticator>,
     pub cache: DecisionCache,
-    pub generation: u64,
+    /// One pooled mTLS client per upstream, built with this config.
+    pub upstreams: crate::proxy::upstream::Clients,
 }
 
 /// What the gate decided for one request.
@@ -29,13 +30,14 @@ pub enum Outcome {
 }
 
 impl Live {
-    pub fn new(rt: Arc<Runtime>, auth: Arc<Authenticator>, generation: u64) -> Self {
+    pub fn new(rt: Arc<Runtime>, auth: Arc<Authenticator>) -> Self {
         let cache = DecisionCache::new(rt.cache.max_entries, rt.cache.ttl_s);
+        let upstreams = crate::proxy::upstream::clients(&rt.upstreams);
         Live {
             rt,
             auth,
             cache,
-            generation,
+            upstreams,
         }
     }
 

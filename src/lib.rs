@@ -1,4 +1,4 @@
-//! gatehouse: a TLS-terminating authorization gateway on pingora.
+//! gatehouse: a TLS-terminating authorization gateway on hyper and rustls.
 //!
 //! See `README.md` for the tour and `docs/ARCHITECTURE.md` for how a request travels.
 
@@ -12,6 +12,7 @@ pub mod devkit;
 pub mod explain;
 pub mod gate;
 pub mod logging;
+pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

@@ -11,7 +11,7 @@ use gatehouse::logging::{self, LogFormat};
     name = "gatehouse",
     version,
     about = "TLS-terminating authorization gateway",
-    after_help = "Exit codes: 0 ok, 1 bad config or input, 2 runtime failure (e.g. port in use); explain: 3 when the request would be refused.\nSignals (serve): HUP reloads config and certificates; TERM and INT drain in-flight requests and exit 0; QUIT hands the listening sockets to a new process started with --upgrade."
+    after_help = "Exit codes: 0 ok, 1 bad config or input, 2 runtime failure (e.g. port in use); explain: 3 when the request would be refused.\nSignals (serve): HUP reloads config and certificates; TERM and INT drain in-flight requests and exit 0; QUIT starts the binary again (same path and arguments) with the listening sockets, then drains and exits 0 once the new process is ready."
 )]
 struct Cli {
     /// Log output format (stderr). Filter with RUST_LOG, e.g. RUST_LOG=debug.
@@ -28,9 +28,10 @@ enum Cmd {
         /// The config file (TOML).
         #[arg(short, long, default_value = "config/gatehouse.toml")]
         config: PathBuf,
-        /// Take the listening sockets over from a running gatehouse (send it SIGQUIT).
-        #[arg(long, short = 'u')]
-        upgrade: bool,
+        /// Write the process id here once serving (a process started by an upgrade
+        /// rewrites it, so a supervisor can follow the new process).
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
     },
     /// Load and validate the config (files and keys included), print a summary.
     Check {
@@ -114,7 +115,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Cmd::Serve { config, upgrade } => {
+        Cmd::Serve { config, pid_file } => {
             gatehouse::server::hold_early_signals();
             let rt = match gatehouse::config::load(&config) {
                 Ok(rt) => rt,
@@ -128,8 +129,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            for w in &rt.warnings {
+                tracing::warn!("{w}");
+            }
             let mut opts = gatehouse::server::Options::new(config);
-            opts.upgrade = upgrade;
+            opts.pid_file = pid_file;
             opts.signals = true;
             match gatehouse::server::Gatehouse::start_with(rt, opts) {
                 Ok(g) => {

@@ -74,6 +74,16 @@ pub fn needs_restart(running: &Runtime, file: &Runtime) -> Vec<String> {
         format!("{:?}", file.server.tls_min),
     );
     differ(
+        "server.max_connections",
+        running.server.limits.max_connections.to_string(),
+        file.server.limits.max_connections.to_string(),
+    );
+    differ(
+        "server.max_header_bytes",
+        running.server.limits.max_header_bytes.to_string(),
+        file.server.limits.max_header_bytes.to_string(),
+    );
+    differ(
         "server.threads",
         running.server.threads.to_string(),
         file.server.threads.to_string(),
@@ -153,7 +163,7 @@ impl Reloader {
         }
         self.shared
             .live
-            .store(Arc::new(Live::new(new.clone(), auth, generation)));
+            .store(Arc::new(Live::new(new.clone(), auth)));
         metrics::CONFIG_RELOADS_TOTAL
             .with_label_values(&["ok"])
             .inc();

@@ -1,6 +1,7 @@
-//! Zero-downtime binary upgrade through pingora's socket hand-over: a new process started
-//! with `serve --upgrade` takes the listening sockets when the old one gets SIGQUIT, while
-//! traffic keeps flowing.
+//! Zero-downtime binary upgrade: on SIGQUIT the running process starts its binary again
+//! with the listening sockets inherited (ecdysis); once the new process is ready the old
+//! one drains and exits 0, while traffic keeps flowing. The new process writes its pid
+//! to `--pid-file`.
 
 mod common;
 
@@ -11,12 +12,38 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn serve(env: &Env, upgrade: bool) -> Guarded {
+fn serve(env: &Env, pid_file: &std::path::Path) -> Guarded {
     let mut c = serve_command(env);
-    if upgrade {
-        c.arg("--upgrade");
-    }
+    c.arg("--pid-file").arg(pid_file);
     Guarded::spawn(c.stdout(Stdio::null()).stderr(Stdio::null()))
+}
+
+/// A process that is not our child: killed when dropped (a failing test leaves nothing).
+struct Pid(i32);
+
+impl Pid {
+    fn alive(&self) -> bool {
+        // SAFETY: signal 0 only checks that the process exists.
+        unsafe { libc::kill(self.0, 0) == 0 }
+    }
+    fn signal(&self, sig: i32) {
+        // SAFETY: sends a signal to a process this test started (indirectly).
+        unsafe {
+            libc::kill(self.0, sig);
+        }
+    }
+}
+
+impl Drop for Pid {
+    fn drop(&mut self) {
+        if self.alive() {
+            self.signal(libc::SIGKILL);
+        }
+    }
+}
+
+fn read_pid(path: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 #[test]
@@ -25,7 +52,8 @@ fn sigquit_hands_the_sockets_to_a_new_process_without_failed_requests() {
         start_gateway: false,
         ..EnvOptions::default()
     });
-    let mut old = serve(&env, false);
+    let pid_file = env.dir.path().join("gatehouse.pid");
+    let mut old = serve(&env, &pid_file);
     let start = Instant::now();
     while env
         .block_on(async { env.client(false).get(env.url("/public")).send().await })
@@ -64,10 +92,18 @@ fn sigquit_hands_the_sockets_to_a_new_process_without_failed_requests() {
             }
         }));
     }
-    let mut new = serve(&env, true);
-    std::thread::sleep(Duration::from_millis(1000));
+    let old_pid = old.id() as i32;
+    let start = Instant::now();
+    while read_pid(&pid_file) != Some(old_pid) {
+        assert!(start.elapsed() < Duration::from_secs(20), "no pid file");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     send_signal(&old, libc::SIGQUIT);
     let old_exit = old.wait().unwrap();
+    let new = Pid(read_pid(&pid_file).expect("the new process wrote its pid"));
+    assert_ne!(new.0, old_pid, "a new process took over");
+    assert!(new.alive());
     let served_by_old = ok.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::Relaxed);
@@ -87,6 +123,14 @@ fn sigquit_hands_the_sockets_to_a_new_process_without_failed_requests() {
     assert_eq!(failed, 0, "no request failed during the hand-over");
     let r = env.get("/public", None, false);
     assert_eq!(r.status, 200);
-    send_signal(&new, libc::SIGTERM);
-    assert!(new.wait().unwrap().success());
+    new.signal(libc::SIGTERM);
+    let start = Instant::now();
+    while new.alive() {
+        // Reaped by init once it exits (the old process, its parent, is gone).
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "new process still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -267,6 +267,37 @@ impl AuditLog {
         }
     }
 
+    /// Queues one record from synchronous code (the end of a response body). When the
+    /// queue is full the record waits in a task for room: never dropped silently.
+    pub fn write_now(&self, rec: AuditRecord) {
+        let line = Line::from_record(rec);
+        match self.inner.tx.try_send(Msg::Line(line)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let tx = self.inner.tx.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(h) => {
+                        h.spawn(async move {
+                            if tx.send(msg).await.is_err() {
+                                AUDIT_WRITE_ERRORS.inc();
+                            }
+                        });
+                    }
+                    Err(_) => {
+                        AUDIT_WRITE_ERRORS.inc();
+                        tracing::error!(
+                            "audit queue full outside a runtime; an audit record was not written"
+                        );
+                    }
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                AUDIT_WRITE_ERRORS.inc();
+                tracing::error!("audit writer is not running; an audit record was not written");
+            }
+        }
+    }
+
     /// Ok when the last write (or the start-up directory check) succeeded; Err(reason)
     /// after a write error until a later write succeeds.
     pub fn healthy(&self) -> Result<(), String> {

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use http::HeaderName;
 use indexmap::IndexMap;
-use pingora::utils::tls::{CertKey, WrappedX509};
 use rustls::sign::CertifiedKey;
 
 use crate::auth::IssuerSettings;
@@ -66,6 +65,32 @@ pub struct ServerSettings {
     /// Worker threads, already resolved (0 in the file = one per core).
     pub threads: usize,
     pub drain_timeout_s: u64,
+    /// Protocol limits (SPEC section 7).
+    pub limits: Limits,
+}
+
+/// Downstream protocol limits (SPEC section 7): read live by each new connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections on the HTTPS listener served at once; more wait in the kernel backlog.
+    pub max_connections: usize,
+    /// The TLS handshake, and each request head from its first byte, must arrive in this.
+    pub header_read_timeout: Duration,
+    /// A connection with nothing in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// Largest request head (HTTP/1.1) or header list (h2) accepted; larger: 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_millis(10_000),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 32_768,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,8 +124,8 @@ pub struct Upstream {
     pub name: String,
     pub addrs: Vec<SocketAddr>,
     pub sni: String,
-    pub ca: Arc<[WrappedX509]>,
-    pub client: Arc<CertKey>,
+    /// mTLS client settings: trust only `ca`, present `client_cert`. Built once at load.
+    pub tls: Arc<rustls::ClientConfig>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     /// Round-robin position.

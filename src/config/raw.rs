@@ -45,6 +45,14 @@ pub struct RawServer {
     pub threads: Option<S<i64>>,
     #[serde(default)]
     pub drain_timeout_s: Option<S<u64>>,
+    #[serde(default)]
+    pub max_connections: Option<S<u64>>,
+    #[serde(default)]
+    pub header_read_timeout_ms: Option<S<u64>>,
+    #[serde(default)]
+    pub idle_timeout_s: Option<S<u64>>,
+    #[serde(default)]
+    pub max_header_bytes: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,6 @@
 //! Header hygiene: what is removed from the client's request and what gatehouse sets.
 
-use http::HeaderName;
+use http::{HeaderMap, HeaderName};
 use rand::RngCore;
 
 /// Keeps a client's `X-Request-Id` when it is 1–128 characters of `A-Za-z0-9._-`,
@@ -45,15 +45,14 @@ pub const ALWAYS_STRIPPED: [&str; 7] = [
 /// [`ALWAYS_STRIPPED`], and any underscore spelling of those or of
 /// [`FORWARDED_HEADERS`] (`X_Auth_Roles`): CGI-style servers (WSGI, PHP, Rack) map
 /// `X_Auth_Roles` and `X-Auth-Roles` to the same variable.
-pub fn strip(req: &mut pingora::http::RequestHeader, owned: &[HeaderName]) {
+pub fn strip(headers: &mut HeaderMap, owned: &[HeaderName]) {
     for h in owned {
-        while req.remove_header(h).is_some() {}
+        headers.remove(h);
     }
     for h in ALWAYS_STRIPPED {
-        while req.remove_header(h).is_some() {}
+        headers.remove(h);
     }
-    let spoofed: Vec<HeaderName> = req
-        .headers
+    let spoofed: Vec<HeaderName> = headers
         .keys()
         .filter(|n| n.as_str().contains('_'))
         .filter(|n| {
@@ -65,9 +64,40 @@ pub fn strip(req: &mut pingora::http::RequestHeader, owned: &[HeaderName]) {
         .cloned()
         .collect();
     for h in spoofed {
-        while req.remove_header(&h).is_some() {}
+        headers.remove(&h);
     }
 }
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1) and the ones a `Connection` header names:
+/// they describe one connection and are never relayed to the next hop.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+}
+
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "http2-settings",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 #[cfg(test)]
 mod tests {
@@ -75,7 +105,7 @@ mod tests {
 
     #[test]
     fn strips_owned_managed_and_underscore_spellings() {
-        let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+        let mut req = HeaderMap::new();
         for (k, v) in [
             ("X-Auth-Roles", "admin"),
             ("X_Auth_Roles", "admin"),
@@ -87,14 +117,17 @@ mod tests {
             ("X_Custom_Thing", "kept"),
             ("Accept", "*/*"),
         ] {
-            req.append_header(k.to_string(), v).unwrap();
+            req.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         let owned = [
             HeaderName::from_static("x-auth-roles"),
             HeaderName::from_static("x-row-filter"),
         ];
         strip(&mut req, &owned);
-        let mut left: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
+        let mut left: Vec<&str> = req.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, vec!["accept", "x_custom_thing"]);
     }

@@ -49,6 +49,16 @@ impl Problem {
         Problem::new(400, "bad_path", "Bad request path", why.to_string())
     }
 
+    /// A request gatehouse cannot read or refuses to interpret (400).
+    pub fn bad_request(why: &str) -> Self {
+        Problem::new(400, "bad_request", "Bad request", why.to_string())
+    }
+
+    /// The gateway failed (a bug, never the client's fault).
+    pub fn internal(why: &str) -> Self {
+        Problem::new(500, "internal", "Internal error", why.to_string())
+    }
+
     pub fn bad_gateway(detail: impl Into<String>) -> Self {
         Problem::new(502, "upstream_failed", "Bad gateway", detail)
     }

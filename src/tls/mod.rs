@@ -143,3 +143,27 @@ pub fn installed_min() -> Option<TlsMin> {
         Some(TlsMin::V12)
     }
 }
+
+/// The rustls client settings for one upstream: trust only `ca` (no system roots),
+/// present `client` as the mTLS identity, TLS 1.2+ (1.3 only when the process provider
+/// holds only TLS 1.3 suites), ALPN left to the HTTP connector.
+pub fn upstream_client_config(
+    ca: &[CertificateDer<'static>],
+    client: CertifiedKey,
+) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in ca {
+        roots
+            .add(c.clone())
+            .map_err(|e| format!("CA certificate not usable as a trust root: {e}"))?;
+    }
+    let provider = CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS settings: {e}"))?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(client)));
+    Ok(cfg)
+}

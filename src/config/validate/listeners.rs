@@ -80,6 +80,37 @@ impl Validator<'_> {
             }
             Some(d) => *d.get_ref(),
         };
+        let d = crate::config::Limits::default();
+        let limits = crate::config::Limits {
+            max_connections: self.bounded(
+                &r.max_connections,
+                "server.max_connections",
+                1,
+                1_000_000,
+                d.max_connections as u64,
+            ) as usize,
+            header_read_timeout: Duration::from_millis(self.bounded(
+                &r.header_read_timeout_ms,
+                "server.header_read_timeout_ms",
+                100,
+                600_000,
+                d.header_read_timeout.as_millis() as u64,
+            )),
+            idle_timeout: Duration::from_secs(self.bounded(
+                &r.idle_timeout_s,
+                "server.idle_timeout_s",
+                1,
+                3600,
+                d.idle_timeout.as_secs(),
+            )),
+            max_header_bytes: self.bounded(
+                &r.max_header_bytes,
+                "server.max_header_bytes",
+                1024,
+                1 << 20,
+                d.max_header_bytes as u64,
+            ) as usize,
+        };
         Some(ServerSettings {
             listen: listen?,
             redirect_http,
@@ -90,7 +121,28 @@ impl Validator<'_> {
             hsts_max_age_s: r.hsts_max_age_s.unwrap_or(31_536_000),
             threads,
             drain_timeout_s,
+            limits,
         })
+    }
+
+    /// An integer setting within `lo..=hi`, or `default` when absent; out of range is an
+    /// error that names the range.
+    fn bounded(&mut self, v: &Option<S<u64>>, key: &str, lo: u64, hi: u64, default: u64) -> u64 {
+        match v {
+            None => default,
+            Some(x) if (lo..=hi).contains(x.get_ref()) => *x.get_ref(),
+            Some(x) => {
+                self.err(
+                    x.span(),
+                    key,
+                    format!(
+                        "{} is out of range; use a value from {lo} to {hi} (default {default})",
+                        x.get_ref()
+                    ),
+                );
+                default
+            }
+        }
     }
 
     /// Loads a certificate chain and its key and checks they match.

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use http::HeaderName;
 use indexmap::IndexMap;
-use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 
 use super::raw::*;
 use super::*;

@@ -62,11 +62,14 @@ impl Validator<'_> {
             }
         }
         let (_, ca_certs) = ca?;
-        let (_, chain, key) = client?;
-        let ca: Vec<WrappedX509> = ca_certs
-            .iter()
-            .map(|c| WrappedX509::new(c.to_vec(), parse_x509))
-            .collect();
+        let (client_key, _, _) = client?;
+        let tls = match crate::tls::upstream_client_config(&ca_certs, client_key) {
+            Ok(t) => t,
+            Err(e) => {
+                self.err(r.ca.span(), k("ca"), e);
+                return None;
+            }
+        };
         if addrs.is_empty() {
             return None;
         }
@@ -78,8 +81,7 @@ impl Validator<'_> {
             name: name.to_string(),
             addrs,
             sni: r.sni.get_ref().clone(),
-            ca: Arc::from(ca),
-            client: Arc::new(CertKey::new(chain, key)),
+            tls: Arc::new(tls),
             connect_timeout: Duration::from_millis(ms(&r.connect_timeout_ms, 2000)),
             read_timeout: Duration::from_millis(ms(&r.read_timeout_ms, 30000)),
             next: AtomicUsize::new(0),

@@ -1,0 +1,240 @@
+//! The request path before the upstream, as one engine-free function over plain `http`
+//! types: [`admit`] takes a request head and says what to forward or which problem to
+//! answer. The data plane and `gatehouse explain` both call it ([`route_request`] is the
+//! routing half that `explain` shares), so the two cannot disagree.
+//!
+//! ```text
+//! admit(live, head, peer)
+//!   request id       kept if well-formed, else generated       proxy/headers.rs
+//!   route_request    target form, path normalisation, Host,     policy/route.rs
+//!                    first matching route (none → 404)
+//!   strip            every header gatehouse owns                proxy/headers.rs
+//!   one Authorization header only (two → 401 malformed_token)
+//!   decide           public | cache → verify → authorize        gate.rs
+//! forward_headers    identity, row filters, X-Forwarded-*, X-Request-Id
+//! ```
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::{AUTHORIZATION, HOST};
+use http::{HeaderMap, HeaderValue};
+
+use crate::auth::{AuthError, DenyReason};
+use crate::config::Runtime;
+use crate::gate::{Live, Outcome};
+use crate::policy::rbac::Caller;
+use crate::policy::route::{self, AuthMode, Route};
+use crate::proxy::headers;
+use crate::proxy::problem::Problem;
+
+/// What [`admit`] decided about one request head.
+pub struct Admission {
+    /// The request's id: the client's when well-formed, else a new one.
+    pub request_id: String,
+    /// The route the request reached (None: refused before routing).
+    pub route: Option<Arc<Route>>,
+    /// The decision on that route (None: refused before deciding).
+    pub outcome: Option<Outcome>,
+    /// A verified caller that was denied (for the audit line).
+    pub caller: Option<Arc<Caller>>,
+    /// `Err`: answer this problem; `Ok`: forward the (rewritten) head.
+    pub verdict: Result<(), Problem>,
+}
+
+/// The routing half of [`admit`], shared with `explain`: checks the request target,
+/// normalises the path (rewriting the head's URI so the backend gets what was routed),
+/// checks the Host, and finds the first matching route.
+pub fn route_request(rt: &Runtime, head: &mut http::request::Parts) -> Result<Arc<Route>, Problem> {
+    // Only origin-form (`/path`) and absolute-form (`https://host/path`) targets: for
+    // anything else (`x:/admin`, `admin`, `*`) the parsed path is not what a backend
+    // would read.
+    let absolute = head.uri.scheme().is_some();
+    if absolute {
+        let ok = matches!(head.uri.scheme_str(), Some("http" | "https"))
+            && head.uri.authority().is_some();
+        if !ok {
+            return Err(Problem::bad_path(
+                "the request target must be a path starting with '/'",
+            ));
+        }
+    } else if !head.uri.path().starts_with('/') || head.uri.authority().is_some() {
+        return Err(Problem::bad_path(
+            "the request target must be a path starting with '/'",
+        ));
+    }
+    let path = route::normalize_path(head.uri.path())
+        .map_err(Problem::bad_path)?
+        .into_owned();
+    if path != head.uri.path() {
+        // Route and forward the same path: `/%61dmin` goes on as `/admin`.
+        let pq = match head.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        let mut parts = head.uri.clone().into_parts();
+        let rebuilt = pq.parse().ok().and_then(|p| {
+            parts.path_and_query = Some(p);
+            http::Uri::from_parts(parts).ok()
+        });
+        head.uri = rebuilt.ok_or_else(|| Problem::bad_path("the path cannot be normalised"))?;
+    }
+    let host = host_of(head)?;
+    route::find(&rt.routes, host.as_deref(), &path, head.method.as_str())
+        .cloned()
+        .ok_or_else(Problem::not_found)
+}
+
+/// The request's host: the Host header, or the URI authority (h2 `:authority`, or an
+/// absolute-form target). HTTP/1.1 without either is a 400 (RFC 9112 section 3.2); two
+/// Host headers, or a Host that disagrees with an absolute target's authority, too.
+fn host_of(head: &http::request::Parts) -> Result<Option<String>, Problem> {
+    let mut hosts = head.headers.get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Problem::bad_request("more than one Host header"));
+    }
+    let header = match header {
+        Some(h) => Some(
+            h.to_str()
+                .map_err(|_| Problem::bad_request("the Host header is not valid"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let authority = head.uri.authority().map(|a| a.as_str().to_string());
+    match (header, authority) {
+        (Some(h), Some(a))
+            if head.version < http::Version::HTTP_2 && !h.eq_ignore_ascii_case(&a) =>
+        {
+            // RFC 9112 3.2.2: an absolute target's authority wins; refuse the ambiguity.
+            Err(Problem::bad_request(
+                "the Host header does not match the request target",
+            ))
+        }
+        (Some(h), _) => Ok(Some(h)),
+        (None, Some(a)) => Ok(Some(a)),
+        (None, None) if head.version == http::Version::HTTP_11 => Err(Problem::bad_request(
+            "an HTTP/1.1 request must carry a Host header",
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Runs the request path up to the upstream for one request head: routes it, strips the
+/// headers gatehouse owns, and decides. The head is rewritten in place (normalised path,
+/// stripped headers); on `Ok` it is ready for [`forward_headers`].
+pub async fn admit(live: &Live, head: &mut http::request::Parts) -> Admission {
+    let request_id = headers::request_id(head.headers.get("x-request-id").map(|v| v.as_bytes()));
+    let mut a = Admission {
+        request_id,
+        route: None,
+        outcome: None,
+        caller: None,
+        verdict: Ok(()),
+    };
+    let route = match route_request(&live.rt, head) {
+        Ok(r) => r,
+        Err(p) => {
+            a.verdict = Err(p);
+            return a;
+        }
+    };
+    a.route = Some(route.clone());
+    headers::strip(&mut head.headers, &live.rt.owned_headers);
+    let mut all = head.headers.get_all(AUTHORIZATION).iter();
+    let authz = all.next().map(|v| v.as_bytes());
+    // Two Authorization headers: which one a backend reads is anyone's guess, so the one
+    // gatehouse verified might not be the one that counts. Refuse.
+    let (outcome, caller) = if all.next().is_some() && route.auth == AuthMode::Required {
+        let e = AuthError::new(
+            DenyReason::MalformedToken,
+            "more than one Authorization header",
+        );
+        (Outcome::Deny(e), None)
+    } else {
+        live.decide_with_caller(&route, authz).await
+    };
+    if let Outcome::Deny(e) = &outcome {
+        a.verdict = Err(Problem::from_auth(e));
+    }
+    a.outcome = Some(outcome);
+    a.caller = caller;
+    a
+}
+
+/// Sets what the backend receives on an admitted request: `Authorization` removed unless
+/// the route forwards it, the decision's identity and row-filter headers,
+/// `X-Forwarded-For` (the client's address, replacing any sent), `X-Forwarded-Proto`,
+/// `X-Request-Id`, and `Host` from the authority when the client sent none (h2).
+pub fn forward_headers(
+    headers: &mut HeaderMap,
+    uri: &http::Uri,
+    route: &Route,
+    outcome: &Outcome,
+    request_id: &str,
+    client_ip: IpAddr,
+) {
+    if !route.forward_token {
+        headers.remove(AUTHORIZATION);
+    }
+    if let Outcome::Allow(g) = outcome {
+        for (name, value) in &g.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    headers.insert(
+        "x-forwarded-for",
+        HeaderValue::from_str(&client_ip.to_string()).expect("an IP address is a valid value"),
+    );
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", v);
+    }
+    if !headers.contains_key(HOST) {
+        if let Some(v) = uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(HOST, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(target: &str, host: Option<&str>) -> http::request::Parts {
+        let mut b = http::Request::builder().uri(target);
+        if let Some(h) = host {
+            b = b.header(HOST, h);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn host_comes_from_the_header_or_the_authority() {
+        assert_eq!(
+            host_of(&head("/", Some("a.example"))).unwrap().as_deref(),
+            Some("a.example")
+        );
+        assert_eq!(
+            host_of(&head("https://b.example/x", None))
+                .unwrap()
+                .as_deref(),
+            Some("b.example")
+        );
+        assert_eq!(host_of(&head("/", None)).unwrap_err().status, 400);
+        assert_eq!(
+            host_of(&head("https://b.example/x", Some("c.example")))
+                .unwrap_err()
+                .status,
+            400
+        );
+        let mut two = head("/", Some("a.example"));
+        two.headers
+            .append(HOST, HeaderValue::from_static("b.example"));
+        assert_eq!(host_of(&two).unwrap_err().status, 400);
+    }
+}

@@ -1,0 +1,344 @@
+//! Response bodies and the end of a request.
+//!
+//! [`Finish`] carries what the request's metrics and audit line need and writes them
+//! when it is dropped, which is when the response body is done (or the client went
+//! away): every request yields exactly one audit line, with the status the client
+//! really got. [`ProxyBody::relay`] streams the upstream's body; when the upstream fails
+//! after its head was sent (reset, read timeout, malformed body) it returns an error,
+//! which makes hyper abort the client's response (HTTP/1.1: the connection closes before
+//! the body is complete; h2: the stream is reset). gatehouse never appends its own error
+//! to a started body, and the request is recorded as 502 (504 for a timeout).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use super::conn::ConnInfo;
+use super::problem::Problem;
+use super::upstream::UpstreamClient;
+use super::Shared;
+use crate::admin::metrics;
+use crate::audit::AuditRecord;
+use crate::gate::{Live, Outcome};
+use crate::pipeline::Admission;
+use crate::policy::rbac::Caller;
+use crate::policy::route::Route;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What is known about a request, written out (metrics, audit) when it is dropped.
+pub struct Finish {
+    shared: Arc<Shared>,
+    pub live: Arc<Live>,
+    conn: Arc<ConnInfo>,
+    start: Instant,
+    method: http::Method,
+    /// The routed (normalised) path, without the query string.
+    path: String,
+    pub request_id: String,
+    route: Option<Arc<Route>>,
+    outcome: Option<Outcome>,
+    caller: Option<Arc<Caller>>,
+    /// The status the client gets (0 until known).
+    pub status: u16,
+    upstream: Option<(Arc<UpstreamClient>, Instant)>,
+    pub upstream_status: Option<u16>,
+    /// One span per request: log lines about it carry `request_id` and `route`.
+    pub span: tracing::Span,
+}
+
+impl Finish {
+    pub fn new(
+        shared: Arc<Shared>,
+        live: Arc<Live>,
+        conn: Arc<ConnInfo>,
+        start: Instant,
+        head: &http::request::Parts,
+    ) -> Self {
+        shared.inflight.fetch_add(1, Ordering::AcqRel);
+        conn.activity.request_started();
+        Finish {
+            shared,
+            live,
+            conn,
+            start,
+            method: head.method.clone(),
+            path: String::new(),
+            request_id: String::new(),
+            route: None,
+            outcome: None,
+            caller: None,
+            status: 0,
+            upstream: None,
+            upstream_status: None,
+            span: tracing::info_span!(
+                "request",
+                request_id = tracing::field::Empty,
+                route = tracing::field::Empty
+            ),
+        }
+    }
+
+    /// Takes over what the pipeline decided.
+    pub fn admitted(&mut self, a: &Admission, head: &http::request::Parts) {
+        self.request_id = a.request_id.clone();
+        self.span.record("request_id", self.request_id.as_str());
+        self.path = head.uri.path().to_string();
+        if let Some(r) = &a.route {
+            self.span.record("route", r.name.as_str());
+        }
+        self.route = a.route.clone();
+        self.outcome = a.outcome.clone();
+        self.caller = a.caller.clone();
+    }
+
+    pub fn upstream_started(&mut self, up: Arc<UpstreamClient>) {
+        self.upstream = Some((up, Instant::now()));
+    }
+
+    /// The gateway's own answer: problem+json with `X-Request-Id`, HSTS, and the
+    /// `WWW-Authenticate`, `Retry-After` or `Location` the problem carries.
+    pub fn respond(mut self, p: &Problem) -> Response<ProxyBody> {
+        if self.request_id.is_empty() {
+            self.request_id = super::headers::new_request_id();
+        }
+        let body = Bytes::from(p.body(&self.request_id));
+        let mut resp = Response::new(ProxyBody::Full {
+            data: None,
+            fin: None,
+        });
+        *resp.status_mut() =
+            http::StatusCode::from_u16(p.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            h.insert("x-request-id", v);
+        }
+        if let Some(w) = p
+            .www_authenticate
+            .as_deref()
+            .and_then(|w| HeaderValue::from_str(w).ok())
+        {
+            h.insert(http::header::WWW_AUTHENTICATE, w);
+        }
+        if let Some(r) = p.retry_after {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(r));
+        }
+        if let Some(l) = p
+            .location
+            .as_deref()
+            .and_then(|l| HeaderValue::from_str(l).ok())
+        {
+            h.insert(http::header::LOCATION, l);
+        }
+        if let Some(v) = super::hsts(&self.live) {
+            h.insert("strict-transport-security", v);
+        }
+        if self.shared.draining.load(Ordering::Acquire) && !self.conn.h2 {
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        self.status = p.status;
+        *resp.body_mut() = ProxyBody::Full {
+            data: Some(body),
+            fin: Some(self),
+        };
+        resp
+    }
+
+    /// The upstream failed after its head went to the client.
+    fn failed(&mut self, status: u16) {
+        self.status = status;
+        self.upstream_status = Some(status);
+    }
+
+    fn audit_record(&self, route: &Route) -> AuditRecord {
+        let mut rec = AuditRecord::new(
+            self.request_id.clone(),
+            route.name.clone(),
+            self.method.as_str().to_string(),
+            &self.path,
+        );
+        rec.status = self.status;
+        rec.duration_ms = self.start.elapsed().as_millis() as u64;
+        let p = self.shared.audit.pseudonymizer();
+        let who = |iss: &str, sub: Option<&String>| sub.map(|s| p.subject(iss, s));
+        match &self.outcome {
+            Some(Outcome::Allow(g)) => {
+                rec.decision = "allow";
+                rec.subject = who(&g.iss, g.subject.as_ref());
+                rec.client_id = g.client_id.clone();
+                rec.roles = g.roles.clone();
+                rec.upstream = Some(route.upstream.clone());
+            }
+            Some(Outcome::Deny(e)) => {
+                rec.decision = "deny";
+                rec.reason = Some(e.reason.as_str());
+                if let Some(c) = &self.caller {
+                    rec.subject = who(&c.iss, c.sub.as_ref());
+                    rec.client_id = c.client_id.clone();
+                    rec.roles = c.roles.clone();
+                }
+            }
+            Some(Outcome::Public) | None => {
+                rec.decision = "public";
+                rec.upstream = Some(route.upstream.clone());
+            }
+        }
+        rec
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.shared.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.conn.activity.request_finished();
+        let route = self
+            .route
+            .as_ref()
+            .map(|r| r.name.as_str())
+            .unwrap_or("_none");
+        let method = metrics::method_label(self.method.as_str());
+        let elapsed = self.start.elapsed();
+        metrics::REQUESTS_TOTAL
+            .with_label_values(&[route, method, &self.status.to_string()])
+            .inc();
+        metrics::REQUEST_DURATION
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        if let Some((up, t)) = &self.upstream {
+            let ustatus = self.upstream_status.unwrap_or(502);
+            metrics::UPSTREAM_REQUESTS_TOTAL
+                .with_label_values(&[up.upstream.name.as_str(), &ustatus.to_string()])
+                .inc();
+            metrics::UPSTREAM_DURATION
+                .with_label_values(&[up.upstream.name.as_str()])
+                .observe(t.elapsed().as_secs_f64());
+        }
+        let reason = match &self.outcome {
+            Some(Outcome::Deny(e)) => e.reason.as_str(),
+            _ => "",
+        };
+        let decision = match &self.outcome {
+            Some(Outcome::Allow(_)) => "allow",
+            Some(Outcome::Deny(_)) => "deny",
+            Some(Outcome::Public) => "public",
+            None => "",
+        };
+        tracing::debug!(parent: &self.span, status = self.status, method, decision, reason, duration_ms = elapsed.as_millis() as u64, "request done");
+        if let Some(r) = &self.route {
+            let rec = self.audit_record(r);
+            self.shared.audit.write_now(rec);
+        }
+    }
+}
+
+/// A response body: the gateway's own (one buffer) or the upstream's, relayed.
+pub enum ProxyBody {
+    Full {
+        data: Option<Bytes>,
+        fin: Option<Finish>,
+    },
+    Relay(Box<Relay>),
+}
+
+/// The upstream's body on its way to the client, with a read timeout between frames.
+pub struct Relay {
+    inner: Incoming,
+    timeout: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    fin: Finish,
+}
+
+impl ProxyBody {
+    pub fn relay(inner: Incoming, timeout: Duration, fin: Finish) -> Self {
+        ProxyBody::Relay(Box::new(Relay {
+            inner,
+            timeout,
+            sleep: None,
+            fin,
+        }))
+    }
+}
+
+/// Why a relayed body was cut short.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("the upstream failed while sending the body: {0}")]
+    Upstream(hyper::Error),
+    #[error("the upstream stopped sending the body (read timeout)")]
+    Timeout,
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Full { data, .. } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Relay(r) => {
+                let r = &mut **r;
+                match Pin::new(&mut r.inner).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(s) = r.sleep.as_mut() {
+                            s.as_mut().reset(tokio::time::Instant::now() + r.timeout);
+                        }
+                        Poll::Ready(Some(Ok(f)))
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        tracing::warn!(parent: &r.fin.span, error = %e, "upstream failed mid-body; aborting the response");
+                        r.fin.failed(502);
+                        Poll::Ready(Some(Err(Box::new(RelayError::Upstream(e)))))
+                    }
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => {
+                        let timeout = r.timeout;
+                        let s = r
+                            .sleep
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                        if s.as_mut().poll(cx).is_ready() {
+                            tracing::warn!(parent: &r.fin.span, "upstream stalled mid-body; aborting the response");
+                            r.fin.failed(504);
+                            return Poll::Ready(Some(Err(Box::new(RelayError::Timeout))));
+                        }
+                        Poll::Pending
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full { data, .. } => data.is_none(),
+            ProxyBody::Relay(r) => r.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map(|d| d.len() as u64).unwrap_or(0))
+            }
+            ProxyBody::Relay(r) => r.inner.size_hint(),
+        }
+    }
+}
