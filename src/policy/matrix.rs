@@ -1,4 +1,4 @@
-//! The access matrix ("security plan") of SPEC section 6: every role × route × access
+//! The access matrix ("security plan", README "Seeing the policy"): every role × route × access
 //! (read, update) with its decision, conditions and row filters, and the policy findings
 //! an auditor should look at.
 //!
@@ -27,7 +27,7 @@ use crate::config::Runtime;
 /// The pseudo-role of a caller with a valid token and none of the known roles.
 pub const AUTHENTICATED: &str = "(authenticated)";
 
-/// The CSV header line, exactly as SPEC section 6 gives it.
+/// The CSV header line (a fixed format: tools read it).
 pub const CSV_HEADER: &str = "role,route,access,decision,conditions,row_filters";
 
 /// Client ID of the synthetic caller: not a valid OAuth client ID in any IdP we know, so
