@@ -412,10 +412,6 @@ impl KeyStore {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The current keys (lock-free snapshot).
     pub fn keys(&self) -> Arc<KeySet> {
         self.keys.load_full()

@@ -228,7 +228,7 @@ pub fn build(rt: &Runtime) -> Matrix {
 /// roles claim (none for `(authenticated)`), the route's scopes, an MFA `amr` when the
 /// route needs one, and a value for every claim its row filters read. `None` when no
 /// issuer is configured (then no route can need a token).
-pub fn synthetic_identity(rt: &Runtime, route: &Route, role: Option<&str>) -> Option<Identity> {
+fn synthetic_identity(rt: &Runtime, route: &Route, role: Option<&str>) -> Option<Identity> {
     let settings = route
         .issuers
         .as_ref()
