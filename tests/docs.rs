@@ -640,3 +640,24 @@ fn readme_and_docs_point_only_at_files_of_this_repository() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// CI
+
+#[test]
+fn ci_checks_style_after_the_build_and_before_the_tests() {
+    let ci = read(".ci/run");
+    let at = |cmd: &str| {
+        ci.lines()
+            .position(|l| l.trim() == cmd)
+            .unwrap_or_else(|| panic!(".ci/run does not run `{cmd}`"))
+    };
+    let build = at("cargo build --locked --all-targets");
+    let fmt = at("cargo fmt --check");
+    let clippy = at("cargo clippy --all-targets --locked -- -D warnings");
+    let test = ci
+        .lines()
+        .position(|l| l.trim_start().starts_with("cargo test"))
+        .expect(".ci/run runs the tests");
+    assert!(build < fmt && fmt < clippy && clippy < test, "{ci}");
+}
