@@ -1,5 +1,5 @@
 //! `gatehouse explain`: one request dry-run through the real routing, authentication and
-//! authorization code, without a backend, printing every step (SPEC section 6).
+//! authorization code, without a backend, printing every step (README, "Checking one request").
 //!
 //! - Routing: [`route::check_path`] and [`route::find`], as the proxy calls them.
 //! - `--token`: an [`Authenticator`] built from the config on a private tokio runtime,
@@ -108,7 +108,7 @@ pub struct Explanation {
     pub authz_checks: Vec<Check>,
     /// `allow`, `deny` or `public`.
     pub decision: &'static str,
-    /// SPEC deny reason (`no_route` and `bad_path` for the gateway's own 404 / 400).
+    /// Deny reason (docs/reference.md; `no_route` and `bad_path` for the gateway's own 404 / 400).
     pub reason: Option<String>,
     pub detail: Option<String>,
     /// Identity and row-filter headers, values as the backend would get them.

@@ -85,7 +85,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    // Usage errors are bad input (exit 1, SPEC section 1), not clap's default 2, which
+    // Usage errors are bad input (exit 1, docs/reference.md), not clap's default 2, which
     // gatehouse reserves for runtime failures.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

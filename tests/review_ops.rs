@@ -771,7 +771,7 @@ fn redirect_never_bends_the_location_to_another_host() {
         ("good.example:8080:1", "/"),
         ("", "/"),
     ] {
-        let r = redirect_response(&req(host, uri), 8443, 0);
+        let r = redirect_response(&req(host, uri), 8443);
         assert_eq!(r.status(), 400, "{host:?}");
     }
     // Path tricks stay in the path: the authority is always the Host header's.
@@ -780,7 +780,7 @@ fn redirect_never_bends_the_location_to_another_host() {
         "/%0d%0aSet-Cookie:x",
         "http://evil.example/y",
     ] {
-        let r = redirect_response(&req("good.example", uri), 8443, 0);
+        let r = redirect_response(&req("good.example", uri), 8443);
         let loc = r.headers()["location"].to_str().unwrap().to_string();
         assert!(
             loc.starts_with("https://good.example:8443/"),

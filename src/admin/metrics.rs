@@ -1,4 +1,5 @@
-//! Every metric gatehouse exports, named once (SPEC section 4).
+//! Every metric gatehouse exports, named once (listed in docs/reference.md, which a test
+//! keeps in step with this file).
 //!
 //! Label values come from configuration (route, upstream, issuer and certificate names)
 //! or from fixed lists (`DenyReason`, method buckets, status codes): never from request

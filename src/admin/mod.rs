@@ -134,25 +134,22 @@ pub fn admin_handler(
 }
 
 /// The redirect handler: `308` to `https://HOST[:PORT]/path?query`.
+///
+/// `_hsts_max_age_s` is ignored (HSTS is never sent over plain HTTP: browsers ignore it
+/// there, RFC 6797 section 7.2); it goes once the caller in `server.rs` stops passing it.
 pub fn redirect_handler(
     https_port: u16,
-    hsts_max_age_s: u64,
+    _hsts_max_age_s: u64,
 ) -> impl Fn(Request<Incoming>) -> std::future::Ready<Response<Full<Bytes>>>
        + Clone
        + Send
        + Sync
        + 'static {
-    move |req: Request<Incoming>| {
-        std::future::ready(redirect_response(&req, https_port, hsts_max_age_s))
-    }
+    move |req: Request<Incoming>| std::future::ready(redirect_response(&req, https_port))
 }
 
 /// Builds the redirect for one request (plain function for unit tests).
-pub fn redirect_response<B>(
-    req: &Request<B>,
-    https_port: u16,
-    _hsts_max_age_s: u64,
-) -> Response<Full<Bytes>> {
+pub fn redirect_response<B>(req: &Request<B>, https_port: u16) -> Response<Full<Bytes>> {
     let host = req
         .headers()
         .get(http::header::HOST)
@@ -217,27 +214,27 @@ mod tests {
 
     #[test]
     fn redirect_keeps_path_and_query_and_uses_https_port() {
-        let r = redirect_response(&req(Some("api.example.com:8080"), "/orders/7?x=1"), 8443, 0);
+        let r = redirect_response(&req(Some("api.example.com:8080"), "/orders/7?x=1"), 8443);
         assert_eq!(r.status(), 308);
         assert_eq!(
             r.headers()["location"],
             "https://api.example.com:8443/orders/7?x=1"
         );
-        let r = redirect_response(&req(Some("api.example.com"), "/"), 443, 0);
+        let r = redirect_response(&req(Some("api.example.com"), "/"), 443);
         assert_eq!(r.headers()["location"], "https://api.example.com/");
-        let r = redirect_response(&req(Some("[::1]:8080"), "/a"), 8443, 0);
+        let r = redirect_response(&req(Some("[::1]:8080"), "/a"), 8443);
         assert_eq!(r.headers()["location"], "https://[::1]:8443/a");
     }
 
     #[test]
     fn redirect_refuses_bad_host() {
-        assert_eq!(redirect_response(&req(None, "/"), 8443, 0).status(), 400);
+        assert_eq!(redirect_response(&req(None, "/"), 8443).status(), 400);
         assert_eq!(
-            redirect_response(&req(Some("evil.com/x"), "/"), 8443, 0).status(),
+            redirect_response(&req(Some("evil.com/x"), "/"), 8443).status(),
             400
         );
         assert_eq!(
-            redirect_response(&req(Some("a@b"), "/"), 8443, 0).status(),
+            redirect_response(&req(Some("a@b"), "/"), 8443).status(),
             400
         );
     }

@@ -1,4 +1,4 @@
-//! The audit log: one JSON line per request that reached a route (SPEC section 5).
+//! The audit log: one JSON line per request that reached a route (fields in docs/reference.md).
 //!
 //! Data flow:
 //!
@@ -62,7 +62,7 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// Retry (and day-change check) period.
 const TICK: Duration = Duration::from_secs(1);
 
-/// One line of the audit log. Field names and order are the SPEC's.
+/// One line of the audit log. Field names and order are documented in docs/reference.md.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct AuditRecord {
     /// RFC 3339 UTC, millisecond precision (see [`now_ts`]); also picks the day file.
@@ -74,7 +74,7 @@ pub struct AuditRecord {
     pub path: String,
     /// "allow" | "deny" | "public"
     pub decision: &'static str,
-    /// SPEC deny reason label; `None` when allowed or public.
+    /// Deny reason label; `None` when allowed or public.
     pub reason: Option<&'static str>,
     /// [`Pseudonymizer::subject`]; `None` on public routes.
     pub subject: Option<String>,

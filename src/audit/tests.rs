@@ -62,7 +62,7 @@ fn allow_deny_public_records_have_exactly_the_spec_fields() {
         "duration_ms": 12
     });
     assert_eq!(encode(allow.clone()), expected);
-    // Field order is the SPEC's too (readers grep these files).
+    // Field order is the documented one too (readers grep these files).
     assert!(Line::from_record(allow.clone())
         .text
         .starts_with(r#"{"ts":"#));

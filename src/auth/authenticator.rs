@@ -167,7 +167,8 @@ impl Authenticator {
     }
 
     /// Number of keys an issuer currently holds (`None`: no such issuer).
-    pub fn key_count(&self, name: &str) -> Option<usize> {
+    #[cfg(test)]
+    pub(crate) fn key_count(&self, name: &str) -> Option<usize> {
         self.issuers
             .iter()
             .find(|i| i.settings.name == name)

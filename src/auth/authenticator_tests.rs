@@ -1,4 +1,4 @@
-//! Every rule of SPEC section 3 step 4 through `Authenticator::verify`, including the
+//! Every token rule through `Authenticator::verify`, including the
 //! classic JWT attacks. Keys come from the devkit; the JWKS comes from an in-memory
 //! fetcher that counts fetches, so the refetch throttle is tested without sockets.
 

@@ -1,12 +1,12 @@
 //! The one error type of authentication: a fixed [`DenyReason`] plus a client-safe detail.
 //!
 //! `DenyReason` doubles as the `reason` metric label and the audit `reason`, so it is a
-//! closed list (SPEC section 4) and never carries request data. The mapping to HTTP status
+//! closed list (docs/reference.md, "Deny reasons") and never carries request data. The mapping to HTTP status
 //! and `WWW-Authenticate` lives here, once, so the proxy, `explain` and tests agree.
 
 use std::fmt;
 
-/// Why a request was denied. Labels are exactly the SPEC section 4 snake_case names.
+/// Why a request was denied. Labels are the documented snake_case names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DenyReason {
     MissingToken,
@@ -27,7 +27,7 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
-    /// Every reason, in SPEC order (for pre-registering metric label sets and for tests).
+    /// Every reason, in documented order (for pre-registering metric label sets and for tests).
     pub const ALL: [DenyReason; 15] = [
         DenyReason::MissingToken,
         DenyReason::MalformedToken,
@@ -46,7 +46,7 @@ impl DenyReason {
         DenyReason::IssuerUnavailable,
     ];
 
-    /// The SPEC label (`missing_token`, ...), used in metrics, audit lines and problem bodies.
+    /// The label (`missing_token`, ...), used in metrics, audit lines and problem bodies.
     pub fn as_str(self) -> &'static str {
         match self {
             DenyReason::MissingToken => "missing_token",
@@ -81,7 +81,7 @@ impl DenyReason {
         }
     }
 
-    /// The `WWW-Authenticate` value for this denial (SPEC section 3 table), or `None` when
+    /// The `WWW-Authenticate` value for this denial (docs/reference.md), or `None` when
     /// the response carries none (503).
     ///
     /// `detail` goes into `error_description` for 401 `invalid_token`; it is sanitised to

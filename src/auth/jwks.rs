@@ -12,13 +12,13 @@
 //! keys and retries with backoff.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -99,15 +99,51 @@ impl KeySet {
     }
 }
 
+/// Why a JWKS document could not be installed. Individual unusable keys are no error of
+/// the document: they are skipped (see [`parse_jwks`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JwksError {
+    #[error("JWKS is not JSON: {0}")]
+    NotJson(String),
+    #[error("JWKS has no \"keys\" array")]
+    NoKeysArray,
+    #[error("JWKS holds no usable signature key")]
+    NoUsableKey,
+    /// The source failed (file, HTTPS, discovery); the fetcher's own message.
+    #[error("{0}")]
+    Fetch(String),
+}
+
+/// Why one key of a JWKS was skipped with a warning.
+#[derive(Debug, thiserror::Error)]
+enum JwkError {
+    #[error("not a JWK: {0}")]
+    NotJwk(serde_json::Error),
+    #[error("{kty} key with a missing or malformed member")]
+    Malformed { kty: String },
+    #[error("\"{0}\" is not base64url")]
+    BadBase64(&'static str),
+    #[error("RSA key of {bits} bits is below {MIN_RSA_BITS}")]
+    RsaTooShort { bits: usize },
+    #[error("EC coordinates of the wrong length")]
+    EcLength,
+    #[error("Ed25519 key of the wrong length")]
+    EdLength,
+    #[error("key type does not fit its own alg {0:?}")]
+    AlgMismatch(Algorithm),
+    #[error(transparent)]
+    Key(#[from] jsonwebtoken::errors::Error),
+}
+
 /// Parses a JWKS document. Fails only when the document itself is not a JWKS (not JSON,
 /// no `keys` array); individual unusable keys are skipped and logged so one odd key from
 /// the IdP does not take every key down with it.
-pub fn parse_jwks(issuer: &str, body: &[u8]) -> Result<KeySet, String> {
-    let doc: Value = serde_json::from_slice(body).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+pub fn parse_jwks(issuer: &str, body: &[u8]) -> Result<KeySet, JwksError> {
+    let doc: Value = serde_json::from_slice(body).map_err(|e| JwksError::NotJson(e.to_string()))?;
     let keys = doc
         .get("keys")
         .and_then(Value::as_array)
-        .ok_or("JWKS has no \"keys\" array")?;
+        .ok_or(JwksError::NoKeysArray)?;
     let mut out = Vec::new();
     for (i, jwk) in keys.iter().enumerate() {
         match parse_jwk(jwk) {
@@ -119,80 +155,98 @@ pub fn parse_jwks(issuer: &str, body: &[u8]) -> Result<KeySet, String> {
     Ok(KeySet { keys: out })
 }
 
-/// `Ok(None)`: a key we deliberately do not use (encryption key, symmetric, other type).
-fn parse_jwk(jwk: &Value) -> Result<Option<VerifyKey>, String> {
-    let s = |name: &str| jwk.get(name).and_then(Value::as_str);
-    if let Some(u) = s("use") {
-        if u != "sig" {
-            return Ok(None);
-        }
+/// One key, through jsonwebtoken's `jwk` types. `Ok(None)`: a key we deliberately do not
+/// use (encryption key, symmetric, another type or curve, an alg we do not verify with).
+fn parse_jwk(value: &Value) -> Result<Option<VerifyKey>, JwkError> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
+    if !value.is_object() {
+        return Ok(None);
     }
-    if let Some(ops) = jwk.get("key_ops").and_then(Value::as_array) {
-        if !ops.iter().any(|o| o.as_str() == Some("verify")) {
-            return Ok(None);
-        }
+    let jwk = Jwk::deserialize(value).map_err(JwkError::NotJwk)?;
+    if jwk
+        .common
+        .public_key_use
+        .as_ref()
+        .is_some_and(|u| *u != PublicKeyUse::Signature)
+    {
+        return Ok(None);
     }
-    let alg = match s("alg") {
+    if jwk
+        .common
+        .key_operations
+        .as_ref()
+        .is_some_and(|ops| !ops.contains(&KeyOperations::Verify))
+    {
+        return Ok(None);
+    }
+    let alg = match jwk.common.key_algorithm {
         None => None,
-        // An alg we do not verify with (RSA-OAEP, HS256, ...) means the key is not ours.
-        Some(a) => match Algorithm::from_str(a) {
+        // An alg we do not verify with (RSA-OAEP, HS256, unknown) means the key is not ours.
+        Some(a) => match Algorithm::try_from(a) {
             Ok(a) if !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => {
                 Some(a)
             }
             _ => return Ok(None),
         },
     };
-    let need = |name: &str| s(name).ok_or_else(|| format!("missing \"{name}\""));
-    let b64 = |v: &str| {
+    let b64 = |v: &str, member: &'static str| {
         base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, v)
-            .map_err(|_| "bad base64url".to_string())
+            .map_err(|_| JwkError::BadBase64(member))
     };
-    let (kind, key) = match s("kty") {
-        Some("RSA") => {
-            let n = need("n")?;
-            let e = need("e")?;
-            let n_bytes = b64(n)?;
-            let bits = n_bytes.iter().skip_while(|b| **b == 0).count() * 8;
+    let (kind, key) = match &jwk.algorithm {
+        AlgorithmParameters::RSA(p) => {
+            let n = b64(&p.n, "n")?;
+            let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
             if bits < MIN_RSA_BITS {
-                return Err(format!("RSA key of {bits} bits is below {MIN_RSA_BITS}"));
+                return Err(JwkError::RsaTooShort { bits });
             }
-            b64(e)?;
-            let key = DecodingKey::from_rsa_components(n, e).map_err(|e| e.to_string())?;
-            (KeyKind::Rsa, key)
+            b64(&p.e, "e")?;
+            (KeyKind::Rsa, DecodingKey::from_jwk(&jwk)?)
         }
-        Some("EC") => {
-            let (kind, len) = match s("crv") {
-                Some("P-256") => (KeyKind::EcP256, 32),
-                Some("P-384") => (KeyKind::EcP384, 48),
+        AlgorithmParameters::EllipticCurve(p) => {
+            let (kind, len) = match p.curve {
+                EllipticCurve::P256 => (KeyKind::EcP256, 32),
+                EllipticCurve::P384 => (KeyKind::EcP384, 48),
                 _ => return Ok(None),
             };
-            let (x, y) = (need("x")?, need("y")?);
-            if b64(x)?.len() != len || b64(y)?.len() != len {
-                return Err("EC coordinates of the wrong length".into());
+            if b64(&p.x, "x")?.len() != len || b64(&p.y, "y")?.len() != len {
+                return Err(JwkError::EcLength);
             }
-            let key = DecodingKey::from_ec_components(x, y).map_err(|e| e.to_string())?;
-            (kind, key)
+            (kind, DecodingKey::from_jwk(&jwk)?)
         }
-        Some("OKP") => {
-            if s("crv") != Some("Ed25519") {
+        AlgorithmParameters::OctetKeyPair(p) => {
+            if p.curve != EllipticCurve::Ed25519 {
                 return Ok(None);
             }
-            let x = need("x")?;
-            if b64(x)?.len() != 32 {
-                return Err("Ed25519 key of the wrong length".into());
+            if b64(&p.x, "x")?.len() != 32 {
+                return Err(JwkError::EdLength);
             }
-            let key = DecodingKey::from_ed_components(x).map_err(|e| e.to_string())?;
-            (KeyKind::Ed25519, key)
+            (KeyKind::Ed25519, DecodingKey::from_jwk(&jwk)?)
         }
+        AlgorithmParameters::Other(o) => {
+            // A signature key type and curve we use that did not parse as one lacks a
+            // member (or has one that is not a string): say so. Anything else is simply
+            // not a key for us.
+            let member = |m: &str| o.fields.get(m).and_then(Value::as_str);
+            return match (member("kty"), member("crv")) {
+                (Some("RSA"), _)
+                | (Some("EC"), Some("P-256" | "P-384"))
+                | (Some("OKP"), Some("Ed25519")) => Err(JwkError::Malformed {
+                    kty: member("kty").unwrap_or_default().to_string(),
+                }),
+                _ => Ok(None),
+            };
+        }
+        // Symmetric keys, and types a later jsonwebtoken may add.
         _ => return Ok(None),
     };
     if let Some(a) = alg {
         if !kind.fits(a) {
-            return Err(format!("key type does not fit its own alg {a:?}"));
+            return Err(JwkError::AlgMismatch(a));
         }
     }
     Ok(Some(VerifyKey {
-        kid: s("kid").map(str::to_string),
+        kid: jwk.common.key_id.clone(),
         kind,
         alg,
         key,
@@ -412,10 +466,6 @@ impl KeyStore {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The current keys (lock-free snapshot).
     pub fn keys(&self) -> Arc<KeySet> {
         self.keys.load_full()
@@ -444,12 +494,12 @@ impl KeyStore {
     }
 
     /// Installs a fetched document; on a parse error the old keys stay.
-    fn install(&self, fetched: &Fetched) -> Result<usize, String> {
+    fn install(&self, fetched: &Fetched) -> Result<usize, JwksError> {
         let set = parse_jwks(&self.name, &fetched.body)?;
         let n = set.keys.len();
         if n == 0 {
             // An empty set would lock everybody out; keep what we had.
-            return Err("JWKS holds no usable signature key".into());
+            return Err(JwksError::NoUsableKey);
         }
         self.keys.store(Arc::new(set));
         JWKS_KEYS.with_label_values(&[&self.name]).set(n as i64);
@@ -457,7 +507,7 @@ impl KeyStore {
         Ok(n)
     }
 
-    fn record(&self, result: &Result<usize, String>) {
+    fn record(&self, result: &Result<usize, JwksError>) {
         match result {
             Ok(n) => {
                 JWKS_REFRESH_TOTAL
@@ -480,9 +530,9 @@ impl KeyStore {
     }
 
     /// One fetch + install, counted and logged. Returns the server's max-age on success.
-    pub async fn refresh_once(&self) -> Result<Option<Duration>, String> {
+    pub async fn refresh_once(&self) -> Result<Option<Duration>, JwksError> {
         let _g = self.fetch_lock.lock().await;
-        let fetched = self.fetcher.fetch().await;
+        let fetched = self.fetcher.fetch().await.map_err(JwksError::Fetch);
         let result = fetched.and_then(|f| self.install(&f).map(|n| (n, f.max_age)));
         self.record(&result.as_ref().map(|(n, _)| *n).map_err(Clone::clone));
         result.map(|(_, max_age)| max_age)
@@ -493,7 +543,9 @@ impl KeyStore {
         let Some(fetched) = self.fetcher.fetch_now() else {
             return false;
         };
-        let result = fetched.and_then(|f| self.install(&f));
+        let result = fetched
+            .map_err(JwksError::Fetch)
+            .and_then(|f| self.install(&f));
         self.record(&result);
         result.is_ok()
     }

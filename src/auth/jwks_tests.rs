@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::*;
 use crate::devkit::{jwks, KeyAlg, SigningKey};
@@ -200,4 +200,51 @@ async fn http_fetcher_refuses_plain_http() {
     let f = HttpFetcher::discovery("http://127.0.0.1:1".into(), None);
     let e = f.fetch().await.unwrap_err();
     assert!(e.contains("non-HTTPS"), "{e}");
+}
+
+#[test]
+fn malformed_keys_of_usable_types_are_reported_others_skipped_quietly() {
+    let malformed = |v: Value| matches!(parse_jwk(&v), Err(JwkError::Malformed { .. }));
+    let skipped = |v: Value| matches!(parse_jwk(&v), Ok(None));
+    assert!(malformed(json!({"kty": "RSA", "e": "AQAB"})));
+    assert!(malformed(json!({"kty": "EC", "crv": "P-256", "x": "AA"})));
+    assert!(malformed(json!({"kty": "OKP", "crv": "Ed25519"})));
+    assert!(skipped(json!({"kty": "OKP", "crv": "X25519", "x": "AA"})));
+    assert!(skipped(
+        json!({"kty": "EC", "crv": "secp256k1", "x": "AA", "y": "AA"})
+    ));
+    assert!(skipped(json!({"kty": "oct", "k": "c2VjcmV0"})));
+    assert!(skipped(json!(["not", "an", "object"])));
+    // A member of the wrong type is not read as absent: `"use": 5` does not make an
+    // encryption key usable for signatures, a numeric kid does not make it kid-less.
+    let ec = key(KeyAlg::ES256);
+    for (member, value) in [
+        ("use", json!(5)),
+        ("kid", json!(7)),
+        ("key_ops", json!("verify")),
+    ] {
+        let mut jwk = ec.jwk();
+        jwk[member] = value;
+        assert!(
+            matches!(parse_jwk(&jwk), Err(JwkError::NotJwk(_))),
+            "{member}"
+        );
+    }
+    assert!(parse_jwk(&ec.jwk()).unwrap().is_some());
+}
+
+#[test]
+fn jwks_errors_name_the_problem() {
+    assert!(matches!(
+        parse_jwks("corp", b"nope"),
+        Err(JwksError::NotJson(_))
+    ));
+    assert_eq!(
+        parse_jwks("corp", b"{\"nokeys\": 1}").unwrap_err(),
+        JwksError::NoKeysArray
+    );
+    assert_eq!(
+        JwksError::NoKeysArray.to_string(),
+        "JWKS has no \"keys\" array"
+    );
 }

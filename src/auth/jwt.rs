@@ -1,5 +1,4 @@
-//! The JWT checks of SPEC section 3 step 4 as plain functions, in the order the
-//! authenticator applies them:
+//! The JWT checks as plain functions, in the order the authenticator applies them:
 //!
 //! 1. [`decode_unverified`]: shape, header (`alg` none/HS* and unknown algs refused as
 //!    `DisallowedAlgorithm`; `jku`, `x5u`, `crit` refused as `MalformedToken` because

@@ -4,7 +4,7 @@
 //! [`Authenticator::verify`], which yields an [`Identity`] or an [`AuthError`] whose
 //! [`DenyReason`] is the metric label and decides status and `WWW-Authenticate`.
 //!
-//! - `jwt.rs`: the checks of SPEC section 3 step 4, in order, as plain functions;
+//! - `jwt.rs`: the token checks, in order, as plain functions;
 //! - `jwks.rs`: per-issuer key stores, fetching (file, `jwks_uri`, discovery), refresh,
 //!   throttled refetch on unknown `kid`, stale-on-error;
 //! - `introspect.rs`: RFC 7662 for opaque tokens, with a cache keyed by token hash;
@@ -186,7 +186,7 @@ fn string_list(v: Option<&Value>, split_spaces: bool) -> Vec<String> {
     }
 }
 
-/// SPEC section 2: a client-credentials token is one whose subject is a client: `sub`
+/// A client-credentials token is one whose subject is a client: `sub`
 /// equals its client ID, or the client ID claim is present without a user claim.
 ///
 /// A `sub` that names anyone but the client counts as a user claim unless the IdP marks

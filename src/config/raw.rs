@@ -1,4 +1,4 @@
-//! The TOML file exactly as written (SPEC section 2), before any meaning is checked.
+//! The TOML file exactly as written (docs/configuration.md), before any meaning is checked.
 //!
 //! Every table denies unknown keys. Values that a later check must point at are kept as
 //! `toml::Spanned` so that `validate.rs` can name their line and column.
@@ -198,7 +198,7 @@ pub struct RawRowFilter {
 }
 
 /// A parse or schema error (syntax, unknown key, missing key, wrong type), located and
-/// named: `span` in the source, `key` the SPEC-style path (`routes[2].upstream`).
+/// named: `span` in the source, `key` the documented key path (`routes[2].upstream`).
 #[derive(Debug)]
 pub struct ParseError {
     pub span: std::ops::Range<usize>,

@@ -209,16 +209,6 @@ impl MockIssuer {
         ring.published.push(Arc::new(key));
     }
 
-    /// Unpublishes every key with this `kid` (it stays current for `mint` if it was).
-    pub fn remove_key(&self, kid: &str) {
-        self.state
-            .keys
-            .lock()
-            .unwrap()
-            .published
-            .retain(|k| k.kid != kid);
-    }
-
     /// The JWKS document as currently served.
     pub fn jwks(&self) -> Value {
         self.state.jwks()
@@ -273,7 +263,8 @@ impl MockIssuer {
     }
 
     /// Makes `/introspect` answer `{"active": false}` for `token` again (revocation).
-    pub fn revoke_opaque(&self, token: &str) {
+    #[cfg(test)]
+    pub(crate) fn revoke_opaque(&self, token: &str) {
         self.state.opaque.lock().unwrap().remove(token);
     }
 

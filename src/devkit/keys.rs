@@ -249,7 +249,8 @@ impl SigningKey {
     }
 
     /// A decoding key built from the published JWK, i.e. what a verifier would hold.
-    pub fn decoding_key(&self) -> jsonwebtoken::DecodingKey {
+    #[cfg(test)]
+    fn decoding_key(&self) -> jsonwebtoken::DecodingKey {
         let jwk: jsonwebtoken::jwk::Jwk =
             serde_json::from_value(self.jwk()).expect("own JWK deserializes");
         jsonwebtoken::DecodingKey::from_jwk(&jwk).expect("own JWK is a valid decoding key")

@@ -1,6 +1,6 @@
 //! Development PKI: one throwaway CA plus the leaf certificates a local gatehouse setup needs.
 //!
-//! `DevPki::generate()` makes a fresh ECDSA P-256 CA and signs four leaves with it:
+//! `DevPki::generate()` makes a fresh ECDSA P-256 CA and signs three leaves with it:
 //! the gateway's server certificate, the gateway's client identity towards upstreams,
 //! and the mTLS echo backend's server certificate. The CA key stays inside the struct so
 //! tests can issue more leaves later (rotation, expiry warnings, wrong-CA checks use a
@@ -11,9 +11,15 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
+    BasicConstraints, Certificate, CertificateParams, CustomExtension, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
 };
+use sha2::{Digest, Sha256};
+
+/// id-ce-basicConstraints (RFC 5280 4.2.1.9).
+const OID_BASIC_CONSTRAINTS: &[u64] = &[2, 5, 29, 19];
+/// id-ce-subjectKeyIdentifier (RFC 5280 4.2.1.2).
+const OID_SUBJECT_KEY_IDENTIFIER: &[u64] = &[2, 5, 29, 14];
 
 /// A certificate and its private key, both PEM. The key is PKCS#8.
 #[derive(Clone, Debug)]
@@ -114,7 +120,12 @@ impl DevPki {
         let mut params =
             CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         params.distinguished_name = dn(common_name);
-        params.is_ca = IsCa::ExplicitNoCa;
+        // Not a CA. rcgen's `IsCa::ExplicitNoCa` writes `cA BOOLEAN FALSE` explicitly, which
+        // DER forbids (a DEFAULT value is omitted) and strict parsers refuse. So the leaf
+        // says "not a CA" with an empty, critical BasicConstraints sequence (`30 00`, cA
+        // takes its default FALSE), plus the subject key identifier ExplicitNoCa also wrote.
+        params.is_ca = IsCa::NoCa;
+        params.custom_extensions = leaf_extensions(&key);
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
@@ -157,6 +168,21 @@ fn dn(common_name: &str) -> DistinguishedName {
     dn.push(DnType::CommonName, common_name);
     dn.push(DnType::OrganizationName, "gatehouse dev");
     dn
+}
+
+/// BasicConstraints with cA left at its DEFAULT (FALSE), critical; and a subject key
+/// identifier (the first 20 bytes of the SHA-256 of the SubjectPublicKeyInfo, as rcgen
+/// derives it for CAs, RFC 7093 method 1 style).
+fn leaf_extensions(key: &KeyPair) -> Vec<CustomExtension> {
+    let mut basic = CustomExtension::from_oid_content(OID_BASIC_CONSTRAINTS, vec![0x30, 0x00]);
+    basic.set_criticality(true);
+    let digest = Sha256::digest(key.public_key_der());
+    let mut ski = vec![0x04, 20];
+    ski.extend_from_slice(&digest[..20]);
+    vec![
+        CustomExtension::from_oid_content(OID_SUBJECT_KEY_IDENTIFIER, ski),
+        basic,
+    ]
 }
 
 fn placeholder() -> CertPair {
@@ -290,6 +316,173 @@ mod tests {
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
         let left = cert.validity().time_to_expiration().unwrap();
         assert!(left.whole_days() <= 5 && left.whole_days() >= 4);
+    }
+
+    /// Why `der` is not a strict DER certificate (empty when it is). Walks every TLV of the
+    /// certificate and of every extension value (an extnValue holds the DER of an ASN.1
+    /// value by definition): lengths definite and minimal, BOOLEAN TRUE as `ff`, and no
+    /// BOOLEAN FALSE at all, since every BOOLEAN these certificates can carry
+    /// (Extension.critical, BasicConstraints.cA) is `DEFAULT FALSE` and DER omits a
+    /// default. BasicConstraints is also re-encoded from its parsed value and compared.
+    fn der_problems(der: &[u8]) -> Vec<String> {
+        let mut problems = Vec::new();
+        let cert = match X509Certificate::from_der(der) {
+            Ok((rest, cert)) => {
+                if !rest.is_empty() {
+                    problems.push(format!("{} bytes after the certificate", rest.len()));
+                }
+                cert
+            }
+            Err(e) => return vec![format!("x509-parser refuses it: {e}")],
+        };
+        walk_der(der, "certificate", &mut problems);
+        for ext in cert.extensions() {
+            let at = format!("extension {}", ext.oid);
+            walk_der(ext.value, &at, &mut problems);
+            if let ParsedExtension::BasicConstraints(bc) = ext.parsed_extension() {
+                let canonical = basic_constraints_der(bc.ca, bc.path_len_constraint);
+                if ext.value != canonical.as_slice() {
+                    problems.push(format!(
+                        "{at}: BasicConstraints is {:02x?}, DER is {canonical:02x?}",
+                        ext.value
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
+    fn basic_constraints_der(ca: bool, path_len: Option<u32>) -> Vec<u8> {
+        let mut body = Vec::new();
+        if ca {
+            body.extend([0x01, 0x01, 0xff]);
+        }
+        if let Some(n) = path_len {
+            assert!(n < 0x80, "test encoder handles one-byte path lengths only");
+            body.extend([0x02, 0x01, n as u8]);
+        }
+        let mut out = vec![0x30, body.len() as u8];
+        out.extend(body);
+        out
+    }
+
+    fn walk_der(mut input: &[u8], at: &str, problems: &mut Vec<String>) {
+        while !input.is_empty() {
+            let Some((tag, body, rest)) = read_tlv(input, at, problems) else {
+                return;
+            };
+            if tag & 0x20 != 0 {
+                walk_der(body, at, problems);
+            } else if tag == 0x01 {
+                match body {
+                    [0xff] => {}
+                    [0x00] => problems.push(format!(
+                        "{at}: BOOLEAN FALSE encoded (a DEFAULT FALSE value must be omitted)"
+                    )),
+                    other => problems.push(format!("{at}: BOOLEAN encoded as {other:02x?}")),
+                }
+            }
+            input = rest;
+        }
+    }
+
+    /// One TLV: (tag byte, contents, the rest). Multi-byte tags do not occur in X.509.
+    fn read_tlv<'a>(
+        input: &'a [u8],
+        at: &str,
+        problems: &mut Vec<String>,
+    ) -> Option<(u8, &'a [u8], &'a [u8])> {
+        let mut fail = |why: &str| {
+            problems.push(format!("{at}: {why}"));
+            None
+        };
+        let (&tag, after_tag) = input.split_first()?;
+        if tag & 0x1f == 0x1f {
+            return fail("multi-byte tag");
+        }
+        let Some((&first, after_len)) = after_tag.split_first() else {
+            return fail("truncated length");
+        };
+        let (len, after_len) = if first < 0x80 {
+            (first as usize, after_len)
+        } else if first == 0x80 {
+            return fail("indefinite length");
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n > 4 || after_len.len() < n {
+                return fail("bad long-form length");
+            }
+            let bytes = &after_len[..n];
+            let len = bytes.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+            if bytes[0] == 0 || len < 0x80 {
+                return fail("length not in its shortest form");
+            }
+            (len, &after_len[n..])
+        };
+        if after_len.len() < len {
+            return fail("contents shorter than their length");
+        }
+        Some((tag, &after_len[..len], &after_len[len..]))
+    }
+
+    #[test]
+    fn der_check_catches_an_encoded_default() {
+        // The leaf extension rcgen writes for `IsCa::ExplicitNoCa`: critical BasicConstraints
+        // holding `cA BOOLEAN FALSE`.
+        let mut problems = Vec::new();
+        walk_der(&[0x30, 0x03, 0x01, 0x01, 0x00], "bc", &mut problems);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        walk_der(&[0x30, 0x00], "bc", &mut problems);
+        walk_der(&[0x30, 0x03, 0x01, 0x01, 0xff], "bc", &mut problems);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        walk_der(&[0x04, 0x81, 0x01, 0x00], "len", &mut problems);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    /// Every certificate the devkit makes (CA, the three leaves `gatehouse certs` and the
+    /// demo write, and extra leaves tests issue) is strict DER, on disk as in memory; a
+    /// leaf still says it is no CA, the CA still says it is one.
+    #[test]
+    fn every_certificate_is_strict_der() {
+        let pki = DevPki::generate().unwrap();
+        let now = SystemTime::now();
+        let extra = pki.issue("extra", &["extra.local"], true).unwrap();
+        let windowed = pki
+            .issue_with_validity("soon", LOCAL_SANS, false, now - DAY, now + DAY)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        pki.write_to(dir.path()).unwrap();
+        let mut pems = vec![
+            ("ca".to_string(), pki.ca.cert_pem.clone(), true),
+            ("server".to_string(), pki.server.cert_pem.clone(), false),
+            ("client".to_string(), pki.client.cert_pem.clone(), false),
+            ("backend".to_string(), pki.backend.cert_pem.clone(), false),
+            ("issue".to_string(), extra.cert_pem, false),
+            ("issue_with_validity".to_string(), windowed.cert_pem, false),
+        ];
+        for name in ["ca", "server", "client", "backend"] {
+            let pem = std::fs::read_to_string(dir.path().join(format!("{name}.crt"))).unwrap();
+            pems.push((format!("{name}.crt on disk"), pem, name == "ca"));
+        }
+        for (name, pem, is_ca) in pems {
+            let der = parse(&pem);
+            let problems = der_problems(&der);
+            assert!(problems.is_empty(), "{name}: {problems:?}");
+            let (_, cert) = X509Certificate::from_der(&der).unwrap();
+            let bc = cert.basic_constraints().unwrap().expect("BasicConstraints");
+            assert!(bc.critical, "{name}: BasicConstraints not critical");
+            assert_eq!(bc.value.ca, is_ca, "{name}");
+            if !is_ca {
+                assert!(
+                    cert.get_extension_unique(
+                        &x509_parser::oid_registry::OID_X509_EXT_SUBJECT_KEY_IDENTIFIER
+                    )
+                    .unwrap()
+                    .is_some(),
+                    "{name}: no subject key identifier"
+                );
+            }
+        }
     }
 
     #[test]

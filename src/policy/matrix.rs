@@ -1,4 +1,4 @@
-//! The access matrix ("security plan") of SPEC section 6: every role × route × access
+//! The access matrix ("security plan", README "Seeing the policy"): every role × route × access
 //! (read, update) with its decision, conditions and row filters, and the policy findings
 //! an auditor should look at.
 //!
@@ -27,7 +27,7 @@ use crate::config::Runtime;
 /// The pseudo-role of a caller with a valid token and none of the known roles.
 pub const AUTHENTICATED: &str = "(authenticated)";
 
-/// The CSV header line, exactly as SPEC section 6 gives it.
+/// The CSV header line (a fixed format: tools read it).
 pub const CSV_HEADER: &str = "role,route,access,decision,conditions,row_filters";
 
 /// Client ID of the synthetic caller: not a valid OAuth client ID in any IdP we know, so
@@ -228,7 +228,7 @@ pub fn build(rt: &Runtime) -> Matrix {
 /// roles claim (none for `(authenticated)`), the route's scopes, an MFA `amr` when the
 /// route needs one, and a value for every claim its row filters read. `None` when no
 /// issuer is configured (then no route can need a token).
-pub fn synthetic_identity(rt: &Runtime, route: &Route, role: Option<&str>) -> Option<Identity> {
+fn synthetic_identity(rt: &Runtime, route: &Route, role: Option<&str>) -> Option<Identity> {
     let settings = route
         .issuers
         .as_ref()

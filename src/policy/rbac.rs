@@ -2,7 +2,7 @@
 //! the backend who is calling and which rows it may see.
 //!
 //! Roles of a caller = values of the issuer's `roles_claim` ∪ roles whose `groups` meet
-//! the token's groups ∪ roles whose `clients` list its client ID (SPEC section 2).
+//! the token's groups ∪ roles whose `clients` list its client ID (docs/configuration.md, roles).
 //! Anything a route does not allow is denied.
 
 use http::{HeaderName, HeaderValue};
