@@ -15,7 +15,7 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
 THREADS=${THREADS:-1}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
-cargo build --release --quiet
+[ -n "${NO_BUILD:-}" ] || cargo build --release --quiet
 out=$(mktemp)
 ./target/release/gatehouse demo --port 0 >"$out" 2>/dev/null &
 demo=$!

@@ -3,10 +3,13 @@
 //! min(`cache.ttl_s`, token `exp` − now) with a per-entry expiry.
 //!
 //! Keys are SHA-256 digests of route index and token: the token itself is never stored,
-//! logged or compared. Only decisions about a *verified* token are cached (401s are not:
-//! an attacker with garbage tokens must not be able to fill the cache). One cache belongs
-//! to one loaded config: a reload builds a new cache, so a decision made under the old
-//! config can never answer under the new one.
+//! logged or compared. Only decisions about a *verified* token go into the decision
+//! cache. Tokens that fail verification for good (bad signature, expired, wrong issuer
+//! or audience...) go into the separate, smaller [`NegativeCache`] for a short time, so
+//! the same bad token sent again costs a lookup instead of an RSA verification, and a
+//! flood of distinct bad tokens can only evict other bad tokens, never a valid decision.
+//! One cache of each kind belongs to one loaded config: a reload builds new ones, so a
+//! decision made under the old config can never answer under the new one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,7 +19,7 @@ use moka::Expiry;
 use sha2::{Digest, Sha256};
 
 use crate::admin::metrics;
-use crate::auth::AuthError;
+use crate::auth::{AuthError, DenyReason};
 use crate::policy::rbac::{Caller, Grant};
 
 /// A cached decision.
@@ -106,10 +109,101 @@ impl DecisionCache {
     }
 }
 
+/// How long a verification failure is remembered.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(30);
+/// How many verification failures are remembered at most.
+pub const NEGATIVE_ENTRIES: u64 = 10_000;
+
+/// Recent verification failures, by the same key as the decision cache.
+pub struct NegativeCache {
+    cache: Cache<[u8; 32], AuthError>,
+}
+
+impl NegativeCache {
+    pub fn new(max_entries: u64, ttl: Duration) -> Self {
+        NegativeCache {
+            cache: Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    /// A remembered failure for this key.
+    pub fn get(&self, key: &[u8; 32]) -> Option<AuthError> {
+        self.cache.get(key)
+    }
+
+    /// Remembers `e` when it is final for this exact token: a bad signature, a malformed
+    /// or expired token, a wrong issuer or audience, a disallowed algorithm, an inactive
+    /// introspected token. Never a failure that can pass on a retry: an unknown key (the
+    /// issuer may have rotated), not yet valid, or an unreachable issuer.
+    pub fn remember(&self, key: [u8; 32], e: &AuthError) {
+        if Self::is_final(e.reason) {
+            self.cache.insert(key, e.clone());
+        }
+    }
+
+    pub fn is_final(reason: DenyReason) -> bool {
+        matches!(
+            reason,
+            DenyReason::MalformedToken
+                | DenyReason::BadSignature
+                | DenyReason::Expired
+                | DenyReason::WrongIssuer
+                | DenyReason::WrongAudience
+                | DenyReason::DisallowedAlgorithm
+                | DenyReason::IntrospectionInactive
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::DenyReason;
+
+    #[test]
+    fn negative_cache_keeps_only_final_failures() {
+        let c = NegativeCache::new(100, Duration::from_secs(30));
+        for (i, r) in DenyReason::ALL.iter().enumerate() {
+            c.remember(DecisionCache::key(i, "t"), &AuthError::new(*r, "x"));
+        }
+        let kept: Vec<&str> = DenyReason::ALL
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| c.get(&DecisionCache::key(*i, "t")).is_some())
+            .map(|(_, r)| r.as_str())
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "malformed_token",
+                "bad_signature",
+                "expired",
+                "wrong_issuer",
+                "wrong_audience",
+                "disallowed_algorithm",
+                "introspection_inactive"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_flood_of_bad_tokens_cannot_evict_a_decision() {
+        let decisions = DecisionCache::new(100, 300);
+        let bad = NegativeCache::new(10, Duration::from_secs(30));
+        let ok: Decision = Err(AuthError::new(DenyReason::InsufficientRole, "x"));
+        decisions.insert(DecisionCache::key(0, "good"), ok, None, now() + 60);
+        for i in 0..1000 {
+            bad.remember(
+                DecisionCache::key(0, &format!("bad{i}")),
+                &AuthError::new(DenyReason::BadSignature, "x"),
+            );
+        }
+        bad.cache.run_pending_tasks();
+        assert!(bad.cache.entry_count() <= 10);
+        assert!(decisions.get(&DecisionCache::key(0, "good")).is_some());
+    }
 
     fn now() -> u64 {
         SystemTime::now()

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::auth::{bearer_token, AuthError, Authenticator};
-use crate::cache::DecisionCache;
+use crate::cache::{DecisionCache, NegativeCache, NEGATIVE_ENTRIES, NEGATIVE_TTL};
 use crate::config::Runtime;
 use crate::policy::rbac::{self, Caller, Grant};
 use crate::policy::route::{AuthMode, Route};
@@ -16,6 +16,8 @@ pub struct Live {
     pub rt: Arc<Runtime>,
     pub auth: Arc<Authenticator>,
     pub cache: DecisionCache,
+    /// Tokens that recently failed verification for good.
+    pub refused: NegativeCache,
     /// One pooled mTLS client per upstream, built with this config.
     pub upstreams: crate::proxy::upstream::Clients,
 }
@@ -37,6 +39,7 @@ impl Live {
             rt,
             auth,
             cache,
+            refused: NegativeCache::new(NEGATIVE_ENTRIES, NEGATIVE_TTL),
             upstreams,
         }
     }
@@ -68,9 +71,15 @@ impl Live {
                 Err(e) => (Outcome::Deny(e), hit.caller),
             };
         }
+        if let Some(e) = self.refused.get(&key) {
+            return (Outcome::Deny(e), None);
+        }
         let id = match self.auth.verify(token, route.issuers.as_deref()).await {
             Ok(id) => id,
-            Err(e) => return (Outcome::Deny(e), None),
+            Err(e) => {
+                self.refused.remember(key, &e);
+                return (Outcome::Deny(e), None);
+            }
         };
         let decision = rbac::decide(route, &id, &self.rt.roles).map(Arc::new);
         let caller = decision

@@ -238,7 +238,7 @@ impl Gatehouse {
             Some(addr) => {
                 let l = listen(eco.as_ref(), addr, "server.redirect_http")?;
                 let local = l.local_addr()?;
-                let handler = admin::redirect_handler(https_addr.port(), rt.server.hsts_max_age_s);
+                let handler = admin::redirect_handler(https_addr.port());
                 let l = {
                     let _rt = bg.enter();
                     tokio::net::TcpListener::from_std(l)?

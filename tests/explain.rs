@@ -361,6 +361,20 @@ fn no_route_bad_path_and_public_route() {
     assert_eq!(v["headers"], json!({"x-forwarded-proto": "https"}));
 }
 
+/// explain routes through the gateway's own routing step: a percent-encoded letter is
+/// normalised before matching, as the gateway does (it used to route the raw path and
+/// answer 404 where the gateway forwarded to orders-read).
+#[test]
+fn percent_encoded_path_routes_as_the_gateway_does() {
+    let fx = Fx::new();
+    let t = fx.token(json!({}));
+    let (v, code, _) = fx.run_token("GET", "https://api.example.com/%6Frders/7", &t);
+    assert_eq!(v["route"], "orders-read", "{v}");
+    assert_eq!(code, 0, "{v}");
+    let (v, _, _) = fx.run_token("GET", "https://API.example.com/orders/7", &t);
+    assert_eq!(v["route"], "orders-read", "{v}");
+}
+
 #[test]
 fn claims_skip_signature_but_check_the_rest() {
     let fx = Fx::new();

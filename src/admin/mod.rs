@@ -133,13 +133,10 @@ pub fn admin_handler(
     }
 }
 
-/// The redirect handler: `308` to `https://HOST[:PORT]/path?query`.
-///
-/// `_hsts_max_age_s` is ignored (HSTS is never sent over plain HTTP: browsers ignore it
-/// there, RFC 6797 section 7.2); it goes once the caller in `server.rs` stops passing it.
+/// The redirect handler: `308` to `https://HOST[:PORT]/path?query`. No HSTS: it is
+/// never sent over plain HTTP (browsers ignore it there, RFC 6797 section 7.2).
 pub fn redirect_handler(
     https_port: u16,
-    _hsts_max_age_s: u64,
 ) -> impl Fn(Request<Incoming>) -> std::future::Ready<Response<Full<Bytes>>>
        + Clone
        + Send
