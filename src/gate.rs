@@ -1,4 +1,4 @@
-//! The decision step of the request path, free of pingora so that the proxy, `explain`
+//! The decision step of the request path, free of the engine so that the proxy, `explain`
 //! and unit tests share it: public route, or bearer token → cache → verify → authorize.
 
 use std::sync::Arc;

@@ -1,14 +1,12 @@
 //! Operational logs through `tracing`: a `RUST_LOG`-style filter, `json` or `pretty`
-//! output to stderr, and pingora's `log` records routed in.
+//! output to stderr, and `log` records (ecdysis) routed in.
 //!
-//! Nothing secret may reach a log, whatever `RUST_LOG` says: the engine crates (pingora,
-//! h2, hyper) dump whole request headers (tokens, cookies, query strings) at debug and
-//! trace level, so their records below info are dropped by a filter that `RUST_LOG` cannot
-//! lift. pingora's own error lines summarise requests through
-//! `ProxyHttp::request_summary`, which gatehouse overrides to leave the query out.
-//! rustls's per-handshake warnings (IP-address SNI) are kept at error level, and pingora's
-//! per-connection handshake failures (scanners, health probes) are off unless asked for
-//! with `RUST_LOG=pingora_core::services::listening=error`.
+//! Nothing secret may reach a log, whatever `RUST_LOG` says: the HTTP crates (h2, hyper,
+//! hyper-util, reqwest) dump whole request headers (tokens, cookies, query strings) at
+//! debug and trace level, so their records below info are dropped by a filter that
+//! `RUST_LOG` cannot lift. rustls's per-handshake warnings (IP-address SNI) are kept at
+//! error level; failed client handshakes (scanners, health probes) are logged by
+//! gatehouse at debug level only.
 
 use tracing::Level;
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
@@ -23,10 +21,11 @@ pub enum LogFormat {
 }
 
 /// The default filter when `RUST_LOG` is not set.
-pub const DEFAULT_FILTER: &str = "info,pingora_core::server=warn,rustls=error,pingora_core::services::listening=off,pingora_core::listeners=warn,pingora_core::protocols=warn,pingora_proxy=warn,h2=warn,hyper=warn";
+pub const DEFAULT_FILTER: &str =
+    "info,rustls=error,h2=warn,hyper=warn,hyper_util=warn,ecdysis=warn";
 
 /// Crates whose debug and trace records carry request headers.
-const HEADER_DUMPING: &[&str] = &["pingora", "h2", "hyper", "reqwest", "tower", "tokio_rustls"];
+const HEADER_DUMPING: &[&str] = &["h2", "hyper", "reqwest", "tower", "tokio_rustls"];
 
 /// Whether a record may be written: false for debug/trace records of the crates above.
 pub fn allowed(target: &str, level: &Level) -> bool {
@@ -88,10 +87,10 @@ mod tests {
 
     #[test]
     fn engine_debug_records_are_dropped_whatever_the_filter() {
-        assert!(!allowed("pingora_proxy::proxy_h1", &Level::DEBUG));
+        assert!(!allowed("hyper_util::client::legacy", &Level::DEBUG));
         assert!(!allowed("h2::codec", &Level::TRACE));
         assert!(!allowed("hyper::proto", &Level::DEBUG));
-        assert!(allowed("pingora_proxy", &Level::WARN));
+        assert!(allowed("hyper", &Level::WARN));
         assert!(allowed("gatehouse::reload", &Level::DEBUG));
     }
 }

@@ -155,7 +155,7 @@ impl Finish {
         self.status = p.status;
         *resp.body_mut() = ProxyBody::Full {
             data: Some(body),
-            fin: Some(self),
+            fin: Some(Box::new(self)),
         };
         resp
     }
@@ -251,7 +251,7 @@ impl Drop for Finish {
 pub enum ProxyBody {
     Full {
         data: Option<Bytes>,
-        fin: Option<Finish>,
+        fin: Option<Box<Finish>>,
     },
     Relay(Box<Relay>),
 }

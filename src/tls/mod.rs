@@ -2,8 +2,8 @@
 //! the hot-swappable server certificate resolver, and the process crypto provider that
 //! enforces `tls_min_version`.
 //!
-//! Everything here is validated with rustls before pingora sees it, because pingora's
-//! `TlsSettings::build` panics on a bad certificate instead of returning an error.
+//! Everything here is validated with rustls at load, so `check` and a reload report a bad
+//! certificate or key instead of failing a handshake later.
 
 use std::fmt;
 use std::path::Path;
@@ -86,7 +86,7 @@ pub fn subject(cert: &CertificateDer<'_>) -> String {
 }
 
 /// Serves one certificate, swappable at run time (SIGHUP reload, certificate rotation)
-/// without rebuilding the listener: pingora's rustls listener takes a resolver.
+/// without rebuilding the listener's rustls config.
 pub struct SwappableCert {
     current: ArcSwap<CertifiedKey>,
 }
@@ -116,11 +116,11 @@ impl ResolvesServerCert for SwappableCert {
     }
 }
 
-/// Installs the process-wide rustls provider before pingora builds anything. pingora
-/// hard-codes TLS 1.2 + 1.3 in its configs; a provider that holds only TLS 1.3 cipher
-/// suites makes a TLS 1.2 handshake fail, which is how `tls_min_version = "1.3"` is
-/// enforced (it then applies to upstream connections too). Returns false when a
-/// provider was already installed (only the first call in a process counts).
+/// Installs the process-wide rustls provider before anything builds a TLS config. With
+/// `tls_min_version = "1.3"` the provider holds only TLS 1.3 cipher suites, so it applies
+/// to upstream connections too; the listener also names its protocol versions
+/// explicitly. Returns false when a provider was already installed (only the first call
+/// in a process counts).
 pub fn install_provider(min: TlsMin) -> bool {
     let mut provider = rustls::crypto::ring::default_provider();
     if min == TlsMin::V13 {
