@@ -94,6 +94,8 @@ cargo cyclonedx --format json --spec-version 1.5 --describe binaries --no-build-
 mv gatehouse_bin.cdx.json "$OUT/gatehouse.cdx.json"
 cp "$OUT/gatehouse.cdx.json" "$rootfs/usr/share/doc/gatehouse/gatehouse.cdx.json"
 
+# The previous build under this name goes (its storage would pile up); kept if in use.
+"${bud[@]}" rmi "$IMAGE" >/dev/null 2>&1 || true
 "${bud[@]}" bud --quiet --layers=false --build-arg "VERSION=$version" \
   -f deploy/container/Containerfile -t "$IMAGE" "$ctx" >/dev/null
 
