@@ -484,7 +484,8 @@ async fn drain(shared: &Shared, stop: &watch::Sender<bool>, drain_timeout_s: u64
     exit_now();
 }
 
-/// True when no request is in flight, false when the timeout came first.
+/// True when no request is in flight and every client connection has closed, false when
+/// the timeout came first.
 async fn wait_idle(shared: &Shared, timeout_s: u64) -> bool {
     let deadline = Instant::now()
         .checked_add(Duration::from_secs(timeout_s))
@@ -495,7 +496,9 @@ async fn wait_idle(shared: &Shared, timeout_s: u64) -> bool {
     // signal must be counted.
     tokio::time::sleep(Duration::from_millis(50)).await;
     while Instant::now() < deadline {
-        if shared.inflight.load(Ordering::Acquire) == 0 {
+        if shared.inflight.load(Ordering::Acquire) == 0
+            && shared.connections.load(Ordering::Acquire) == 0
+        {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -84,6 +84,18 @@ impl Activity {
         self.idle_since.store(self.now(), Ordering::Relaxed);
     }
 
+    /// How long nothing has been in flight (zero while a request is, or a head arrives).
+    fn idle_for(&self) -> Duration {
+        if self.inflight.load(Ordering::Relaxed) > 0 || self.head_since.load(Ordering::Relaxed) > 0
+        {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(
+            self.now()
+                .saturating_sub(self.idle_since.load(Ordering::Relaxed)),
+        )
+    }
+
     /// What to do now: `Err(why)` closes the connection, `Ok(t)` checks again at `t`.
     fn check(&self, limits: &Limits, h2: bool) -> Result<Duration, &'static str> {
         let now = self.now();
@@ -343,6 +355,8 @@ async fn connection(
         }
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    shared.connections.fetch_add(1, Ordering::AcqRel);
+    let _open = OpenConnection(&shared);
     let info = Arc::new(ConnInfo {
         peer,
         h2,
@@ -365,10 +379,12 @@ async fn connection(
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     let mut drain = shared.drain_signal();
-    let mut closing = *drain.borrow();
-    if closing {
-        conn.as_mut().graceful_shutdown();
-    }
+    // h2: GOAWAY (race-free). HTTP/1.1 while draining: a busy connection answers its
+    // request with `Connection: close` (see `proxy::relay`); one that stays idle a moment
+    // is closed. Closing an idle keep-alive connection at once would race a request the
+    // client is sending on it at that instant.
+    let mut draining = false;
+    let mut closing = false;
     let mut next = Duration::from_millis(1);
     loop {
         tokio::select! {
@@ -378,13 +394,22 @@ async fn connection(
                 }
                 return;
             }
-            _ = drain.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                if h2 {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                } else {
+                    next = Duration::from_millis(10);
+                }
             }
             _ = tokio::time::sleep(next), if !closing => {
+                if draining && info.activity.idle_for() >= DRAIN_IDLE_CLOSE {
+                    return;
+                }
                 let limits = shared.live.load().rt.server.limits;
                 match info.activity.check(&limits, h2) {
+                    Ok(d) if draining => next = d.min(Duration::from_millis(50)),
                     Ok(d) => next = d,
                     Err(why) => {
                         tracing::debug!(%peer, why, "closing the connection");
@@ -398,6 +423,18 @@ async fn connection(
                 }
             }
         }
+    }
+}
+
+/// While draining, an HTTP/1.1 connection idle this long is closed.
+const DRAIN_IDLE_CLOSE: Duration = Duration::from_millis(250);
+
+/// Counts an open connection in [`Shared::connections`] until dropped.
+struct OpenConnection<'a>(&'a Shared);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

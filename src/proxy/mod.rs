@@ -45,6 +45,8 @@ pub struct Shared {
     pub live: ArcSwap<Live>,
     /// Requests in flight (for draining on SIGTERM).
     pub inflight: AtomicUsize,
+    /// Open client connections past their TLS handshake (a drain waits for them too).
+    pub connections: AtomicUsize,
     /// One line per request that reached a route (SPEC section 5).
     pub audit: AuditLog,
     /// Set by SIGTERM/SIGINT/SIGQUIT: `/readyz` answers 503 from then on, and every
@@ -58,6 +60,7 @@ impl Shared {
         Arc::new(Shared {
             live: ArcSwap::from_pointee(live),
             inflight: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             audit,
             draining: AtomicBool::new(false),
             drain: tokio::sync::watch::channel(false).0,
