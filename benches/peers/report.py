@@ -180,20 +180,23 @@ def ms(v):
 
 def svg_chart(med, variants, modes, title):
     """Grouped bars: one group per load, one bar per variant, height = median req/s."""
-    width, height, left, top, bottom = 980, 420, 70, 40, 90
+    width, height, left, top, bottom = 980, 440, 70, 70, 80
     plot_w, plot_h = width - left - 20, height - top - bottom
     peak = max([med[(v, m)]["rps"] or 0 for v in variants for m in modes if (v, m) in med] + [1])
-    step = 10 ** (len(str(int(peak))) - 1)
-    ymax = ((peak // step) + 1) * step
+    raw_step = peak / 5
+    mag = 10 ** (len(str(int(raw_step))) - 1)
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw_step)
+    ticks = int(-(-peak // step))
+    ymax = ticks * step
     group_w = plot_w / max(len(modes), 1)
     bar_w = min(24.0, (group_w - 16) / max(len(variants), 1))
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
            f'<text x="{left}" y="22" font-size="15" font-weight="bold">{html.escape(title)}</text>']
-    for i in range(6):
-        val = ymax * i / 5
-        y = top + plot_h - plot_h * i / 5
+    for i in range(ticks + 1):
+        val = step * i
+        y = top + plot_h - plot_h * i / ticks
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#ddd"/>')
         out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{k(val)}</text>')
     out.append(f'<text x="14" y="{top + plot_h / 2}" transform="rotate(-90 14 {top + plot_h / 2})" '
@@ -209,6 +212,10 @@ def svg_chart(med, variants, modes, title):
             out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w - 2:.1f}" height="{h:.1f}" '
                        f'fill="{COLOURS.get(v, "#555")}"><title>{v} {m}: {cell["rps"]:.0f} req/s'
                        f'</title></rect>')
+            cx = x + (bar_w - 2) / 2
+            out.append(f'<text x="{cx:.1f}" y="{y - 4:.1f}" font-size="9" text-anchor="start" '
+                       f'transform="rotate(-90 {cx:.1f} {y - 4:.1f})" dominant-baseline="middle">'
+                       f'{k(cell["rps"])}</text>')
         out.append(f'<text x="{left + gi * group_w + group_w / 2:.1f}" y="{top + plot_h + 18}" '
                    f'text-anchor="middle" font-weight="bold">{m}</text>')
     out.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#333"/>')

@@ -120,7 +120,7 @@ async fn forward(
     parts.version = http::Version::HTTP_11;
     parts
         .headers
-        .insert("x-row-filter", HeaderValue::from_static("region=EU"));
+        .insert("x-row-filter", HeaderValue::from_static("region=eu-west"));
     match client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => Ok(resp.map(Either::Left)),
         Err(e) => {

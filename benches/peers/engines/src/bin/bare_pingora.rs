@@ -75,7 +75,7 @@ impl ProxyHttp for Hop {
         req: &mut RequestHeader,
         _ctx: &mut (),
     ) -> Result<()> {
-        req.insert_header("x-row-filter", "region=EU")
+        req.insert_header("x-row-filter", "region=eu-west")
     }
 }
 
