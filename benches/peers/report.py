@@ -140,7 +140,8 @@ def median(values):
 
 
 def load_medians(path):
-    rows = list(csv.DictReader(open(path)))
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
     cells = {}
     for r in rows:
         cells.setdefault((r["variant"], r["mode"]), []).append(r)
@@ -308,8 +309,9 @@ def cmd_report(a):
         add(f"Warning: {v} `cold` reused {n:.0f} tokens (raise COLD_TOKENS): those requests were not cold.")
     notes = os.path.join(w, "notes.txt")
     if os.path.exists(notes):
-        for line in open(notes):
-            add(f"Note: {line.strip()}")
+        with open(notes) as f:
+            for line in f:
+                add(f"Note: {line.strip()}")
     if reused or os.path.exists(notes):
         add("")
     add("Loads: " + "; ".join(f"`{m}` {MODE_TEXT[m]}" for m in modes) + ".")

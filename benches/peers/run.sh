@@ -166,22 +166,34 @@ fi
 TOK=$(cat "$W/tokens/warm.txt")
 BAD=$(cat "$W/tokens/bad.txt")
 
+# shellcheck disable=SC2016 # envsubst's list of variables, not an expansion
 vars='${W} ${C} ${K} ${PROXY_PORT} ${BACKEND_PORT} ${DIRECT_PORT} ${ADMIN_PORT}'
 for t in "$HERE"/templates/*; do
+  # shellcheck disable=SC2094 # reads templates/, writes W/conf/
   envsubst "$vars" <"$t" >"$W/conf/$(basename "$t")"
 done
 
 # --- 5. processes ---------------------------------------------------------------------------
 PIDS=()
 stop_pid() { # PID: TERM, up to 5 s, then KILL
-  local p=$1 i
+  local p=$1 _
   kill -TERM "$p" 2>/dev/null || return 0
-  for i in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$p" 2>/dev/null || true
   wait "$p" 2>/dev/null || true
 }
+LOAD="" # the running wrk/h2load (in the background, so a signal is handled at once)
+bounded() { # CMD...: run it for at most DURATION + 30 s
+  timeout $((DURATION + 30)) "$@" &
+  LOAD=$!
+  local rc=0
+  wait "$LOAD" || rc=$?
+  LOAD=""
+  return $rc
+}
 cleanup() {
   local p
+  [ -z "$LOAD" ] || { kill -TERM "$LOAD" 2>/dev/null; wait "$LOAD" 2>/dev/null || true; }
   for p in "${PIDS[@]}"; do stop_pid "$p"; done
   PIDS=()
 }
@@ -190,15 +202,15 @@ trap 'exit 130' INT TERM
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() { # PORT PID: until PORT accepts, at most 20 s, while PID lives
-  local i
-  for i in $(seq 200); do
+  local _
+  for _ in $(seq 200); do
     port_open "$1" && return 0
     kill -0 "$2" 2>/dev/null || return 1
     sleep 0.1
   done
   return 1
 }
-wait_free() { local i; for i in $(seq 100); do port_open "$1" || return 0; sleep 0.1; done; return 1; }
+wait_free() { local _; for _ in $(seq 100); do port_open "$1" || return 0; sleep 0.1; done; return 1; }
 
 for p in "$PROXY_PORT" "$BACKEND_PORT" "$DIRECT_PORT" "$ADMIN_PORT"; do
   port_open "$p" && die "127.0.0.1:$p is in use (set PROXY_PORT / BACKEND_PORT / DIRECT_PORT / ADMIN_PORT)"
@@ -207,7 +219,7 @@ done
 nginx -e "$W/logs/nginx-backend.err" -c "$W/conf/nginx-backend.conf" >"$W/logs/backend.log" 2>&1 &
 BACKEND=$!
 PIDS+=("$BACKEND")
-wait_port "$BACKEND_PORT" "$BACKEND" && wait_port "$DIRECT_PORT" "$BACKEND" ||
+{ wait_port "$BACKEND_PORT" "$BACKEND" && wait_port "$DIRECT_PORT" "$BACKEND"; } ||
   die "the nginx backend did not start: $(tail -5 "$W/logs/nginx-backend.err" "$W/logs/backend.log" 2>/dev/null)"
 
 PORT="" PID=""
@@ -235,8 +247,8 @@ start() { # VARIANT: sets PORT and PID (PID empty for `direct`)
     die "$v did not start"
   fi
   if [ "$v" = gatehouse ]; then # the listener opens before the issuer keys are loaded
-    local i
-    for i in $(seq 100); do
+    local _
+    for _ in $(seq 100); do
       curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" && break
       sleep 0.1
     done
@@ -298,7 +310,7 @@ say "commit $COMMIT; $ROUNDS round(s) x $cells cells x ${DURATION}s (about $(((R
 rss_kb() { python3 "$HERE/report.py" rss "${1:-0}"; }
 measure() { # VARIANT MODE ROUND
   local v=$1 m=$2 r=$3 url="https://127.0.0.1:$PORT$URL_PATH" raw="$W/raw/r$3-$1-$2.txt" kind=wrk
-  local wrk=(timeout $((DURATION + 30)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency)
+  local wrk=(bounded wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency)
   case "$m" in
     warm) "${wrk[@]}" -H "Authorization: Bearer $TOK" "$url" ;;
     1k) "${wrk[@]}" -s "$HERE/rr.lua" "$url" -- "$W/tokens/1k.txt" ;;
@@ -307,7 +319,7 @@ measure() { # VARIANT MODE ROUND
     none) "${wrk[@]}" "$url" ;;
     h2)
       kind=h2load
-      timeout $((DURATION + 30)) h2load -c"$H2_CLIENTS" -m"$H2_STREAMS" -D "$DURATION" \
+      bounded h2load -c"$H2_CLIENTS" -m"$H2_STREAMS" -D "$DURATION" \
         --log-file="$W/raw/r$r-$v-h2.log" -H "authorization: Bearer $TOK" "$url"
       ;;
   esac >"$raw" 2>&1 || true
@@ -323,7 +335,7 @@ for r in $(seq "$ROUNDS"); do
   for v in $order; do
     start "$v"
     # one short unmeasured load: handshakes done, upstream pools filled
-    timeout $((WARMUP + 10)) wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H "Authorization: Bearer $TOK" \
+    bounded wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H "Authorization: Bearer $TOK" \
       "https://127.0.0.1:$PORT$URL_PATH" >/dev/null 2>&1 || true
     for m in $(modes_of "$v"); do measure "$v" "$m" "$r"; done
     stop
