@@ -171,6 +171,11 @@ pub fn explain(
         e.path_refused = Some(why.to_string());
         return Ok(refuse(e, "bad_path", why.to_string(), 400));
     }
+    // Routed on the normalised host, as the proxy does.
+    let host = match host.as_deref().map(route::normalize_host).transpose() {
+        Ok(h) => h,
+        Err(why) => return Ok(refuse(e, "bad_host", why.to_string(), 400)),
+    };
     let Some(r) = route::find(&rt.routes, host.as_deref(), &path, &method).cloned() else {
         e.near_misses = near_misses(rt, host.as_deref(), &path, &method);
         return Ok(refuse(
@@ -259,7 +264,7 @@ fn near_misses(rt: &Runtime, host: Option<&str>, path: &str, method: &str) -> Ve
     for r in &rt.routes {
         let mut why = Vec::new();
         if let Some(h) = &r.host {
-            let ok = host.is_some_and(|x| route::strip_port(x).eq_ignore_ascii_case(h));
+            let ok = host == Some(h.as_str());
             if !ok {
                 why.push(format!("host is not {h}"));
             }

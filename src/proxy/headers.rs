@@ -29,42 +29,67 @@ pub const FORWARDED_HEADERS: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto"
 
 /// Headers removed from every client request besides the config's owned ones: a backend
 /// may trust them for the method (method-override middleware would run an authorized
-/// GET as a DELETE) or for the client's address and host, and only gatehouse may say
-/// those things.
-pub const ALWAYS_STRIPPED: [&str; 7] = [
+/// GET as a DELETE), the URL (`X-Original-URL` / `X-Rewrite-URL` make IIS, Symfony or
+/// Zend serve another path than the one gatehouse routed), the client's address and
+/// host, or the client certificate a TLS terminator verified (nginx, Envoy, Traefik,
+/// Azure spellings), and only gatehouse may say those things.
+pub const ALWAYS_STRIPPED: [&str; 24] = [
+    // Method overrides.
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    // URL overrides.
+    "x-original-url",
+    "x-rewrite-url",
+    // Client address and host.
     "forwarded",
     "x-forwarded-host",
     "x-forwarded-port",
     "x-real-ip",
+    // Client certificate, as terminating proxies pass it on.
+    "x-forwarded-client-cert",
+    "x-client-cert",
+    "x-ssl-client-cert",
+    "x-ssl-client-dn",
+    "x-ssl-client-cn",
+    "x-ssl-client-s-dn",
+    "x-ssl-client-i-dn",
+    "x-ssl-client-verify",
+    "x-client-verify",
+    "x-client-dn",
+    "x-client-cn",
+    "ssl-client-cert",
+    "x-forwarded-tls-client-cert",
+    "x-forwarded-tls-client-cert-info",
+    "x-arr-clientcert",
 ];
 
-/// Removes from the request every copy of the `owned` headers and of
-/// [`ALWAYS_STRIPPED`], and any underscore spelling of those or of
-/// [`FORWARDED_HEADERS`] (`X_Auth_Roles`): CGI-style servers (WSGI, PHP, Rack) map
-/// `X_Auth_Roles` and `X-Auth-Roles` to the same variable.
+/// Whether a client request header named `name` (lower case, as `HeaderName` keeps it)
+/// is removed before the request goes on: one of the `owned` headers (identity and
+/// row-filter headers of the config) or of [`ALWAYS_STRIPPED`], or an underscore spelling
+/// of those or of [`FORWARDED_HEADERS`] (`X_Auth_Roles`): CGI-style servers (WSGI, PHP,
+/// Rack) map `X_Auth_Roles` and `X-Auth-Roles` to the same variable.
+pub fn is_stripped(name: &str, owned: &[HeaderName]) -> bool {
+    let is_owned = |n: &str| owned.iter().any(|o| o.as_str() == n) || ALWAYS_STRIPPED.contains(&n);
+    if is_owned(name) {
+        return true;
+    }
+    if !name.contains('_') {
+        return false;
+    }
+    let dashed = name.replace('_', "-");
+    is_owned(&dashed) || FORWARDED_HEADERS.contains(&dashed.as_str())
+}
+
+/// Removes from the request every header [`is_stripped`] names, every copy.
 pub fn strip(req: &mut pingora::http::RequestHeader, owned: &[HeaderName]) {
-    for h in owned {
-        while req.remove_header(h).is_some() {}
-    }
-    for h in ALWAYS_STRIPPED {
-        while req.remove_header(h).is_some() {}
-    }
-    let spoofed: Vec<HeaderName> = req
+    let doomed: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|n| n.as_str().contains('_'))
-        .filter(|n| {
-            let dashed = n.as_str().replace('_', "-");
-            owned.iter().any(|o| o.as_str() == dashed)
-                || ALWAYS_STRIPPED.contains(&dashed.as_str())
-                || FORWARDED_HEADERS.contains(&dashed.as_str())
-        })
+        .filter(|n| is_stripped(n.as_str(), owned))
         .cloned()
         .collect();
-    for h in spoofed {
+    for h in doomed {
         while req.remove_header(&h).is_some() {}
     }
 }
@@ -84,6 +109,16 @@ mod tests {
             ("X-HTTP-Method-Override", "DELETE"),
             ("Forwarded", "for=10.0.0.1"),
             ("X-Real-IP", "10.0.0.1"),
+            ("X-Original-URL", "/admin"),
+            ("X-Rewrite-URL", "/admin"),
+            ("X_Original_URL", "/admin"),
+            ("X-Forwarded-Client-Cert", "Hash=1;Subject=\"CN=admin\""),
+            ("X-Client-Cert", "x"),
+            ("X-SSL-Client-Cert", "x"),
+            ("X-SSL-Client-DN", "CN=admin"),
+            ("X_SSL_Client_CN", "admin"),
+            ("X-SSL-Client-CN", "admin"),
+            ("X_Forwarded_Client_Cert", "x"),
             ("X_Custom_Thing", "kept"),
             ("Accept", "*/*"),
         ] {
@@ -97,6 +132,31 @@ mod tests {
         let mut left: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, vec!["accept", "x_custom_thing"]);
+    }
+
+    #[test]
+    fn stripped_names() {
+        let owned = [HeaderName::from_static("x-tenant")];
+        for n in [
+            "x-tenant",
+            "x_tenant",
+            "x-original-url",
+            "x_rewrite_url",
+            "x-ssl-client-dn",
+            "x_forwarded_for",
+            "x_request_id",
+        ] {
+            assert!(is_stripped(n, &owned), "{n}");
+        }
+        for n in [
+            "accept",
+            "x-forwarded-for",
+            "x-request-id",
+            "x_custom",
+            "authorization",
+        ] {
+            assert!(!is_stripped(n, &owned), "{n}");
+        }
     }
 
     #[test]

@@ -137,12 +137,16 @@ fn ca_key(ca: &[pingora::utils::tls::WrappedX509]) -> u64 {
     h.finish()
 }
 
-fn host_of(req: &RequestHeader) -> Option<String> {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri.authority().map(|a| a.as_str().to_string()))
+/// The normalised host to route on (SPEC section 3 step 2); `Err` is a 400.
+fn host_of(req: &RequestHeader) -> Result<Option<String>, &'static str> {
+    let hosts: Vec<&[u8]> = req
+        .headers
+        .get_all(http::header::HOST)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let authority = req.uri.authority().map(|a| a.as_str());
+    route::request_host(&hosts, authority, req.version == http::Version::HTTP_11)
 }
 
 impl Gateway {
@@ -312,7 +316,14 @@ impl ProxyHttp for Gateway {
             session.req_header_mut().set_uri(uri);
         }
         let req = session.req_header();
-        let host = host_of(req);
+        let host = match host_of(req) {
+            Ok(h) => h,
+            Err(why) => {
+                let p = Problem::new(400, "bad_host", "Bad request host", why);
+                self.respond(session, ctx, &p).await?;
+                return Ok(true);
+            }
+        };
         let method = req.method.as_str().to_string();
         let Some(route) = route::find(&live.rt.routes, host.as_deref(), &path, &method).cloned()
         else {

@@ -49,18 +49,30 @@ impl Validator<'_> {
                 self.err(r.name.span(), k("name"), format!("duplicate route name {name:?} (also routes[{prev}]); route names must be unique"));
                 ok = false;
             }
+            // Normalised exactly as request hosts are, so matching is plain equality.
             let host = r.host.as_ref().map(|h| {
-                let v = h.get_ref().to_ascii_lowercase();
-                let v = crate::policy::route::strip_port(&v).to_string();
-                if v.is_empty() {
+                let raw = h.get_ref();
+                if raw.is_empty() {
                     self.err(
                         h.span(),
                         k("host"),
                         "must not be empty; remove it to match any host",
                     );
                     ok = false;
+                    return String::new();
                 }
-                v
+                match crate::policy::route::normalize_host(raw) {
+                    Ok(v) => v,
+                    Err(why) => {
+                        self.err(
+                            h.span(),
+                            k("host"),
+                            format!("{raw:?} is not a valid host ({why}); write a host name such as \"api.example.com\" (a port is ignored)"),
+                        );
+                        ok = false;
+                        String::new()
+                    }
+                }
             });
             let prefix = r.path_prefix.get_ref();
             if !prefix.starts_with('/') {
