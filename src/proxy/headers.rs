@@ -66,19 +66,24 @@ pub const ALWAYS_STRIPPED: [&str; 24] = [
 
 /// Whether a client request header named `name` (lower case, as `HeaderName` keeps it)
 /// is removed before the request goes on: one of the `owned` headers (identity and
-/// row-filter headers of the config) or of [`ALWAYS_STRIPPED`], or an underscore spelling
-/// of those or of [`FORWARDED_HEADERS`] (`X_Auth_Roles`): CGI-style servers (WSGI, PHP,
-/// Rack) map `X_Auth_Roles` and `X-Auth-Roles` to the same variable.
+/// row-filter headers of the config) or of [`ALWAYS_STRIPPED`], or another spelling of
+/// one of those with `_` for `-` or the reverse (`X_Auth_Roles`; `X-Tenant` when a row
+/// filter is named `X_Tenant`), or an underscore spelling of [`FORWARDED_HEADERS`]:
+/// CGI-style servers (WSGI, PHP, Rack) map `X_Auth_Roles` and `X-Auth-Roles` to the same
+/// variable.
 pub fn is_stripped(name: &str, owned: &[HeaderName]) -> bool {
-    let is_owned = |n: &str| owned.iter().any(|o| o.as_str() == n) || ALWAYS_STRIPPED.contains(&n);
-    if is_owned(name) {
+    let exact = |n: &str| owned.iter().any(|o| o.as_str() == n) || ALWAYS_STRIPPED.contains(&n);
+    if exact(name) {
         return true;
     }
-    if !name.contains('_') {
-        return false;
-    }
     let dashed = name.replace('_', "-");
-    is_owned(&dashed) || FORWARDED_HEADERS.contains(&dashed.as_str())
+    let owned_dashed = owned
+        .iter()
+        .any(|o| o.as_str().contains('_') && o.as_str().replace('_', "-") == dashed);
+    if owned_dashed {
+        return true;
+    }
+    name.contains('_') && (exact(&dashed) || FORWARDED_HEADERS.contains(&dashed.as_str()))
 }
 
 /// Removes from the request every header [`is_stripped`] names, every copy.
@@ -136,10 +141,16 @@ mod tests {
 
     #[test]
     fn stripped_names() {
-        let owned = [HeaderName::from_static("x-tenant")];
+        let owned = [
+            HeaderName::from_static("x-tenant"),
+            HeaderName::from_static("x_org_unit"),
+        ];
         for n in [
             "x-tenant",
             "x_tenant",
+            "x_org_unit",
+            "x-org-unit",
+            "x-org_unit",
             "x-original-url",
             "x_rewrite_url",
             "x-ssl-client-dn",
