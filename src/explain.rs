@@ -189,6 +189,7 @@ pub fn explain(
     let r = match crate::pipeline::route_request(rt, &mut head) {
         Ok(r) => r,
         Err(p) if p.status == 404 => {
+            let host = host.as_deref().and_then(|h| route::normalize_host(h).ok());
             e.near_misses = near_misses(rt, host.as_deref(), head.uri.path(), &method);
             return Ok(refuse(e, p.kind, p.detail, 404));
         }
@@ -279,7 +280,7 @@ fn near_misses(rt: &Runtime, host: Option<&str>, path: &str, method: &str) -> Ve
     for r in &rt.routes {
         let mut why = Vec::new();
         if let Some(h) = &r.host {
-            let ok = host.is_some_and(|x| route::strip_port(x).eq_ignore_ascii_case(h));
+            let ok = host == Some(h.as_str());
             if !ok {
                 why.push(format!("host is not {h}"));
             }

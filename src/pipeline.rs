@@ -85,40 +85,23 @@ pub fn route_request(rt: &Runtime, head: &mut http::request::Parts) -> Result<Ar
         .ok_or_else(Problem::not_found)
 }
 
-/// The request's host: the Host header, or the URI authority (h2 `:authority`, or an
-/// absolute-form target). HTTP/1.1 without either is a 400 (RFC 9112 section 3.2); two
-/// Host headers, or a Host that disagrees with an absolute target's authority, too.
+/// The request's host for routing: the Host header, or the URI authority (h2
+/// `:authority`, or an absolute-form target), normalised by [`route::normalize_host`].
+/// HTTP/1.1 without either, several Host lines, a Host that disagrees with the authority,
+/// or a value that is not a valid `host[:port]` is a 400.
 fn host_of(head: &http::request::Parts) -> Result<Option<String>, Problem> {
-    let mut hosts = head.headers.get_all(HOST).iter();
-    let header = hosts.next();
-    if hosts.next().is_some() {
-        return Err(Problem::bad_request("more than one Host header"));
-    }
-    let header = match header {
-        Some(h) => Some(
-            h.to_str()
-                .map_err(|_| Problem::bad_request("the Host header is not valid"))?
-                .to_string(),
-        ),
-        None => None,
-    };
-    let authority = head.uri.authority().map(|a| a.as_str().to_string());
-    match (header, authority) {
-        (Some(h), Some(a))
-            if head.version < http::Version::HTTP_2 && !h.eq_ignore_ascii_case(&a) =>
-        {
-            // RFC 9112 3.2.2: an absolute target's authority wins; refuse the ambiguity.
-            Err(Problem::bad_request(
-                "the Host header does not match the request target",
-            ))
-        }
-        (Some(h), _) => Ok(Some(h)),
-        (None, Some(a)) => Ok(Some(a)),
-        (None, None) if head.version == http::Version::HTTP_11 => Err(Problem::bad_request(
-            "an HTTP/1.1 request must carry a Host header",
-        )),
-        (None, None) => Ok(None),
-    }
+    let hosts: Vec<&[u8]> = head
+        .headers
+        .get_all(HOST)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    route::request_host(
+        &hosts,
+        head.uri.authority().map(|a| a.as_str()),
+        head.version == http::Version::HTTP_11,
+    )
+    .map_err(|why| Problem::new(400, "bad_host", "Bad request host", why))
 }
 
 /// Runs the request path up to the upstream for one request head: routes it, strips the

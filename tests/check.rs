@@ -657,6 +657,64 @@ defects! {
     issuer_not_https: ["issuer = \"https://login.example.com/tenant\"" => "issuer = \"idp.example\""]
         key "issuers.corp.issuer" at "\"idp.example\"", says ["must be an https:// URL"];
 
+    // Row-filter values: literal text anywhere, empty values.
+    row_filter_crlf_before_the_first_placeholder:
+        [ROW_VALUE => "value = \"owner=\\r\\nX-Auth-Roles: admin\\r\\nY: {sub}\""]
+        key "routes[1].row_filters[0].value" at "\"owner=",
+        says ["visible ASCII", "'\\r'", "remove it"];
+    row_filter_tab_before_the_first_placeholder: [ROW_VALUE => "value = \"a\\tb={sub}\""]
+        key "routes[1].row_filters[0].value" at "\"a\\tb", says ["visible ASCII", "'\\t'"];
+    row_filter_non_ascii_literal: [ROW_VALUE => "value = \"r\u{e9}gion={claims.region}\""]
+        key "routes[1].row_filters[0].value" at "\"r\u{e9}gion", says ["visible ASCII", "'\u{e9}'"];
+    row_filter_nul_between_placeholders: [ROW_VALUE => "value = \"{sub}\\u0000{roles}\""]
+        key "routes[1].row_filters[0].value" at "\"{sub}", says ["visible ASCII"];
+    row_filter_empty_value: [ROW_VALUE => "value = \"\""]
+        key "routes[1].row_filters[0].value" at "\"\"", says ["is empty", "{claims.region}"];
+    row_filter_space_padded_value: [ROW_VALUE => "value = \" region={claims.region}\""]
+        key "routes[1].row_filters[0].value" at "\" region", says ["white space", "remove it"];
+
+    // Row-filter header names.
+    row_filter_header_underscore_identity: [ROW_HEADER => "header = \"X_Auth_Roles\""]
+        key "routes[1].row_filters[0].header" at "\"X_Auth_Roles\"",
+        says ["underscore spelling of x-auth-roles", "read both as one", "pick another name"];
+    row_filter_header_underscore_of_another_filter: [ROW_HEADER => "header = \"X_Tenant\""]
+        key "routes[1].row_filters[0].header" at "\"X_Tenant\"",
+        says ["underscore spelling of x-tenant", "pick another name"];
+    row_filter_header_underscore_forwarded: [ROW_HEADER => "header = \"X_Forwarded_For\""]
+        key "routes[1].row_filters[0].header" at "\"X_Forwarded_For\"",
+        says ["underscore spelling of x-forwarded-for"];
+    row_filter_header_with_space: [ROW_HEADER => "header = \"X Row Filter\""]
+        key "routes[1].row_filters[0].header" at "\"X Row Filter\"",
+        says ["not an HTTP token", "pick a name such as X-Row-Filter"];
+    row_filter_header_with_colon: [ROW_HEADER => "header = \"X-Row:Filter\""]
+        key "routes[1].row_filters[0].header" at "\"X-Row:Filter\"", says ["not an HTTP token"];
+    row_filter_header_empty: [ROW_HEADER => "header = \"\""]
+        key "routes[1].row_filters[0].header" at "\"\"", says ["not an HTTP token"];
+    row_filter_header_url_override: [ROW_HEADER => "header = \"X-Original-URL\""]
+        key "routes[1].row_filters[0].header" at "\"X-Original-URL\"",
+        says ["gatehouse strips it", "pick another name"];
+
+    // Bounds.
+    leeway_over_300_seconds: ["leeway_s = 30\n" => "leeway_s = 301\n"]
+        key "issuers.corp.leeway_s" at "301", says ["maximum of 300 seconds", "lower it"];
+    threads_over_1024: ["threads = 2" => "threads = 1025"]
+        key "server.threads" at "1025", says ["maximum of 1024", "0 (one per core)"];
+
+    // Files that are not regular files (after symlinks): refused without reading them.
+    client_key_is_a_device: [ORDERS_KEY => "client_key = \"/dev/urandom\"\nconnect_timeout_ms"]
+        key "upstreams.orders.client_key" at "\"/dev/urandom\"",
+        says ["/dev/urandom", "character device, not a regular file", "point it at the PEM private key"];
+    server_cert_is_a_directory: ["cert = \"../certs/server.crt\"" => "cert = \"../certs\""]
+        key "server.cert" at "\"../certs\"", says ["a directory, not a regular file"];
+    upstream_ca_is_a_device: [ORDERS_CA => "sni = \"localhost\"\nca = \"/dev/zero\""]
+        key "upstreams.orders.ca" at "\"/dev/zero\"",
+        says ["character device", "point it at a PEM CA certificate"];
+    jwks_file_is_a_device: [JWKS_FILE => "jwks_file = \"/dev/urandom\"\n"]
+        key "issuers.corp.jwks_file" at "\"/dev/urandom\"",
+        says ["not a regular file", "point it at a JWKS file"];
+    secret_file_is_a_device: [PSEUDONYM => "pseudonym_key = { file = \"/dev/urandom\" }"]
+        key "audit.pseudonym_key" at "{ file", says ["cannot read secret file", "character device"];
+
     // Listeners and TLS.
     bad_listen_address: ["listen = \"127.0.0.1:8443\"" => "listen = \"localhost:8443x\""]
         key "server.listen" at "\"localhost:8443x\"",
@@ -720,4 +778,148 @@ fn expired_certificate_is_an_error() {
     );
     assert!(errors[0].message.contains("expired"), "{}", errors[0]);
     assert!(errors[0].message.contains("renew it"), "{}", errors[0]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Files over 1 MiB, a config that is not a file or not UTF-8.
+
+fn load_err(p: &Path) -> config::ConfigErrors {
+    match config::load(p) {
+        Ok(_) => panic!("{} was accepted", p.display()),
+        Err(e) => e,
+    }
+}
+
+/// A PEM bundle of the dev CA repeated past 1 MiB: valid, just absurdly large.
+fn huge_bundle(fx: &Fixture) -> PathBuf {
+    let pem = std::fs::read_to_string(fx.root().join("certs/ca.crt")).unwrap();
+    let copies = (1024 * 1024) / pem.len() + 1;
+    let p = fx.root().join("certs/huge.crt");
+    std::fs::write(&p, pem.repeat(copies)).unwrap();
+    p
+}
+
+#[test]
+fn files_over_1_mib_are_refused() {
+    let fx = Fixture::new();
+    huge_bundle(&fx);
+    for (from, to, key, at) in [
+        (
+            ORDERS_CA,
+            "sni = \"localhost\"\nca = \"../certs/huge.crt\"",
+            "upstreams.orders.ca",
+            "\"../certs/huge.crt\"",
+        ),
+        (
+            "cert = \"../certs/server.crt\"",
+            "cert = \"../certs/huge.crt\"",
+            "server.cert",
+            "\"../certs/huge.crt\"",
+        ),
+    ] {
+        let text = edit(BASE, from, to);
+        let (_, errors) = fx.errors(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = &errors[0];
+        assert_eq!(e.key, key);
+        assert_eq!((e.line, e.col), position(&text, at), "{e}");
+        assert!(e.message.contains("larger than 1 MiB"), "{e}");
+    }
+    // A JWKS file padded past 1 MiB with white space (still valid JSON).
+    let jwks = fx.root().join("conf/keys/corp.jwks.json");
+    let mut body = std::fs::read(&jwks).unwrap();
+    body.extend(std::iter::repeat_n(b' ', 1024 * 1024));
+    std::fs::write(fx.root().join("conf/keys/big.jwks.json"), body).unwrap();
+    let text = edit(BASE, JWKS_FILE, "jwks_file = \"keys/big.jwks.json\"\n");
+    let (_, errors) = fx.errors(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key, "issuers.corp.jwks_file");
+    assert!(
+        errors[0].message.contains("larger than 1 MiB"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn config_over_1_mib_or_not_a_file_is_refused() {
+    let fx = Fixture::new();
+    let big = format!("{BASE}\n#{}\n", "x".repeat(1024 * 1024));
+    let (path, errors) = fx.errors(&big);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].message.contains("larger than 1 MiB"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(errors[0].file, path);
+
+    // A symlink to a device: refused at once, through the binary too.
+    let link = fx.root().join("conf/random.toml");
+    std::os::unix::fs::symlink("/dev/urandom", &link).unwrap();
+    let e = load_err(&link);
+    assert!(
+        e.0[0]
+            .message
+            .contains("character device, not a regular file"),
+        "{e}"
+    );
+    let out = gatehouse(&["check", "-c", link.to_str().unwrap()], fx.root());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not a regular file"),
+        "{}",
+        text(&out.stderr)
+    );
+    let e = load_err(&fx.root().join("conf"));
+    assert!(e.0[0].message.contains("a directory"), "{e}");
+}
+
+#[test]
+fn config_that_is_not_utf8_names_the_first_bad_byte() {
+    let fx = Fixture::new();
+    let good = edit(BASE, "name = \"billing\"", "name = \"bill@ing\"");
+    let mut bytes = good.into_bytes();
+    let at = bytes.iter().position(|b| *b == b'@').unwrap();
+    bytes[at] = 0xff;
+    // The first bad byte, where a lossy reading shows U+FFFD.
+    let (line, col) = position(&String::from_utf8_lossy(&bytes), "\u{fffd}");
+    let p = fx.root().join("conf/gatehouse.toml");
+    std::fs::write(&p, &bytes).unwrap();
+    let e = load_err(&p);
+    assert_eq!(e.0.len(), 1, "{e}");
+    let err = &e.0[0];
+    assert_eq!((err.line, err.col), (line, col), "{err}");
+    assert!(err.message.contains("not UTF-8"), "{err}");
+    let out = gatehouse(&["check", "-c", p.to_str().unwrap()], fx.root());
+    assert_eq!(out.status.code(), Some(1));
+    let want = format!("{}:{line}:{col}: ", p.display());
+    assert!(
+        text(&out.stderr).contains(&want),
+        "want {want:?} in {}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn columns_count_characters() {
+    // An error after non-ASCII text on the same line points at the right character.
+    let fx = Fixture::new();
+    let text = edit(
+        BASE,
+        "leeway_s = 30\n",
+        concat!(
+            "leeway_s = 30\nintrospection = { url = \"https://l\u{f6}gin.example.com/i\", ",
+            "client_id = \"gh\", client_secret = \"s3\" }\n"
+        ),
+    );
+    let (_, errors) = fx.errors(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key, "issuers.corp.introspection.client_secret");
+    assert_eq!(
+        (errors[0].line, errors[0].col),
+        position(&text, "\"s3\""),
+        "{}",
+        errors[0]
+    );
 }

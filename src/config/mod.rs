@@ -5,6 +5,7 @@
 //! templates, loaded certificates and keys) and collects every error at once, each naming
 //! file, line, column, the key path and the fix.
 
+pub mod files;
 pub mod raw;
 pub mod validate;
 
@@ -27,6 +28,13 @@ pub use validate::load;
 
 /// Upper bound of `server.drain_timeout_s` (an hour): longer is a mistake, not a policy.
 pub const MAX_DRAIN_TIMEOUT_S: u64 = 3600;
+
+/// Upper bound of an issuer's `leeway_s` (five minutes): clock skew beyond that is a
+/// broken clock, and a wider window keeps expired tokens working.
+pub const MAX_LEEWAY_S: u64 = 300;
+
+/// Upper bound of `server.threads`.
+pub const MAX_THREADS: i64 = 1024;
 
 /// Identity headers gatehouse sets; client copies are always removed.
 pub const IDENTITY_HEADERS: [&str; 4] = [

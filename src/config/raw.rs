@@ -114,7 +114,7 @@ pub struct RawIssuer {
     #[serde(default)]
     pub algorithms: Option<Vec<S<String>>>,
     #[serde(default)]
-    pub leeway_s: Option<u64>,
+    pub leeway_s: Option<S<u64>>,
     #[serde(default)]
     pub ca: Option<S<String>>,
     #[serde(default)]

@@ -238,6 +238,27 @@ impl SigningKey {
             .unwrap_or_else(|e| panic!("signing with {} key failed: {e}", self.alg))
     }
 
+    /// Signs a payload given as JSON text, byte for byte (header `{alg, kid, typ}`): for
+    /// tests that need exact number spellings or duplicate keys, which a `Value` would
+    /// normalise away.
+    pub fn sign_raw_payload(&self, payload_json: &str) -> String {
+        let mut header = Header::new(self.jsonwebtoken_alg());
+        header.kid = Some(self.kid.clone());
+        let header_json = serde_json::to_string(&header).expect("header serialises");
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header_json),
+            URL_SAFE_NO_PAD.encode(payload_json)
+        );
+        let sig = jsonwebtoken::crypto::sign(
+            signing_input.as_bytes(),
+            &self.encoding,
+            self.jsonwebtoken_alg(),
+        )
+        .unwrap_or_else(|e| panic!("signing with {} key failed: {e}", self.alg));
+        format!("{signing_input}.{sig}")
+    }
+
     /// SPKI PEM of the public key.
     pub fn public_key_pem(&self) -> String {
         self.public_pem.clone()

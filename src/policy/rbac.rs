@@ -9,7 +9,7 @@ use http::{HeaderName, HeaderValue};
 use indexmap::IndexMap;
 
 use super::route::{AuthMode, Route};
-use super::row_filter::{encode, Placeholder, Values};
+use super::row_filter::{encode, RenderError, Values};
 use crate::auth::{AuthError, DenyReason, Identity};
 use crate::config::RoleSettings;
 
@@ -201,17 +201,29 @@ pub fn decide(
         if f.except_roles.iter().any(|r| roles.contains(r)) {
             continue;
         }
-        match f.template.render(&view) {
-            Ok(v) => headers.push((f.header.clone(), header_value(&v))),
-            Err(ph) => {
-                let what = match ph {
-                    Placeholder::Claim(p) => format!("claim {p}"),
-                    other => other.to_string(),
-                };
+        // The renderer refuses empty and non-visible-ASCII values; the HeaderValue check
+        // is a second line, and it denies too (never an empty header instead).
+        let rendered = f
+            .template
+            .render(&view)
+            .and_then(|v| HeaderValue::from_str(&v).map_err(|_| RenderError::Invalid));
+        match rendered {
+            Ok(v) => headers.push((f.header.clone(), v)),
+            Err(RenderError::Missing(ph)) => {
+                let what = RenderError::Missing(ph);
                 return Err(AuthError::new(
                     DenyReason::MissingClaim,
                     format!(
                         "the row filter {} needs {what}, which the token does not carry",
+                        f.header
+                    ),
+                ));
+            }
+            Err(RenderError::Invalid) => {
+                return Err(AuthError::new(
+                    DenyReason::MissingClaim,
+                    format!(
+                        "the row filter {} did not render to a valid header value",
                         f.header
                     ),
                 ));

@@ -1,6 +1,7 @@
 //! Routes: the compiled `[[routes]]` table and first-match routing.
 //!
-//! Matching is on host (exact, case-insensitive, port ignored), a segment-aware path
+//! Matching is on host (exact after [`normalize_host`]: lower case, no trailing dot, no
+//! port), a segment-aware path
 //! prefix (`/orders` matches `/orders` and `/orders/7`, not `/ordersX`) and the method.
 //! Paths that a backend could read differently from the gateway (dot segments, `//`,
 //! encoded `/`, `.` or `\`) are refused before matching: see [`check_path`].
@@ -29,7 +30,7 @@ pub struct RowFilter {
 pub struct Route {
     pub index: usize,
     pub name: String,
-    /// Lower-case, without port.
+    /// Normalised by [`normalize_host`]: lower case, no trailing dot, no port.
     pub host: Option<String>,
     /// Normalised: starts with `/`, no trailing `/` except for the root.
     pub path_prefix: String,
@@ -49,10 +50,12 @@ pub struct Route {
 }
 
 impl Route {
+    /// `host` must come from [`normalize_host`] (or [`request_host`]); it is compared
+    /// exactly.
     pub fn matches(&self, host: Option<&str>, path: &str, method: &str) -> bool {
         if let Some(h) = &self.host {
             match host {
-                Some(req) if host_eq(h, req) => {}
+                Some(req) if h == req => {}
                 _ => return false,
             }
         }
@@ -88,13 +91,109 @@ impl Route {
     }
 }
 
-/// Host header comparison: case-insensitive, port ignored.
-fn host_eq(route_host: &str, req: &str) -> bool {
-    let req = strip_port(req);
-    route_host.eq_ignore_ascii_case(req)
+/// Longest host name gatehouse accepts (DNS: 253 characters, 63 per label).
+const MAX_HOST_LEN: usize = 253;
+const MAX_LABEL_LEN: usize = 63;
+
+/// Normalises a `Host` header value or `:authority` (`host[:port]`, SPEC section 3 step
+/// 2) for routing: the port is validated (1-5 digits, at most 65535) and removed, the host
+/// is lower-cased and loses one trailing dot; an IPv6 literal keeps its brackets and is
+/// written in its canonical form (`[0:0::1]` is `[::1]`). `Err` says why the value is not
+/// a valid host (a `400`): empty, an empty or over-long label, a character outside
+/// letters, digits, `-`, `_` and `.` (no userinfo, no percent-encoding, no spaces), a
+/// bad port, or a malformed IPv6 literal (zone identifiers are refused).
+///
+/// Route hosts in the config are normalised with this same function, so the comparison
+/// is plain equality and `API.example.com.:443` matches `host = "api.example.com"`.
+pub fn normalize_host(raw: &str) -> Result<String, &'static str> {
+    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
+        let end = rest
+            .find(']')
+            .ok_or("an IPv6 host must be written as [address]")?;
+        let addr: std::net::Ipv6Addr = rest[..end]
+            .parse()
+            .map_err(|_| "the IPv6 address in brackets is not valid")?;
+        let after = &rest[end + 1..];
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or("only ':port' may follow an IPv6 address")?,
+            ),
+        };
+        (format!("[{addr}]"), port)
+    } else {
+        let (name, port) = match raw.rsplit_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (raw, None),
+        };
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if name.is_empty() {
+            return Err("the host name is empty");
+        }
+        if name.len() > MAX_HOST_LEN {
+            return Err("the host name is longer than 253 characters");
+        }
+        for label in name.split('.') {
+            if label.is_empty() {
+                return Err("the host name has an empty label ('..' or a leading '.')");
+            }
+            if label.len() > MAX_LABEL_LEN {
+                return Err("a label of the host name is longer than 63 characters");
+            }
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err("the host name may hold only letters, digits, '-', '_' and '.'");
+            }
+        }
+        (name.to_ascii_lowercase(), port)
+    };
+    if let Some(p) = port {
+        let valid = (1..=5).contains(&p.len())
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| n <= 65535);
+        if !valid {
+            return Err("the port must be a number from 0 to 65535");
+        }
+    }
+    Ok(host)
 }
 
-/// `host:port` → `host`; `[::1]:8443` → `[::1]`.
+/// The host to route a request on, from its `Host` header lines and the authority of its
+/// request target (HTTP/2 `:authority`, or an HTTP/1.1 absolute-form target), normalised
+/// with [`normalize_host`]. `Err` (a `400`) when a value is not a valid host, when there is
+/// more than one `Host` line, when `Host` and the authority name different hosts, or when
+/// an HTTP/1.1 request has neither (`host_required`, RFC 9112 section 3.2). `Ok(None)`: no
+/// host given where none is required (HTTP/1.0, an HTTP/2 request without `:authority`);
+/// such a request matches only routes without `host`.
+pub fn request_host(
+    host_headers: &[&[u8]],
+    authority: Option<&str>,
+    host_required: bool,
+) -> Result<Option<String>, &'static str> {
+    let header = match host_headers {
+        [] => None,
+        [one] => {
+            let s = std::str::from_utf8(one).map_err(|_| "the Host header is not valid")?;
+            Some(normalize_host(s)?)
+        }
+        _ => return Err("more than one Host header"),
+    };
+    let authority = authority.map(normalize_host).transpose()?;
+    match (header, authority) {
+        (Some(h), Some(a)) if h != a => {
+            Err("the Host header and the request target name different hosts")
+        }
+        (Some(h), _) => Ok(Some(h)),
+        (None, Some(a)) => Ok(Some(a)),
+        (None, None) if host_required => Err("an HTTP/1.1 request must carry a Host header"),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `host:port` → `host`; `[::1]:8443` → `[::1]` (no validation: see [`normalize_host`]).
 pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return match host.find(']') {
@@ -200,7 +299,7 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
     normalize_path(path).map(|_| ())
 }
 
-/// The first route that matches, in file order.
+/// The first route that matches, in file order. `host` as from [`normalize_host`].
 pub fn find<'a>(
     routes: &'a [Arc<Route>],
     host: Option<&str>,
@@ -251,11 +350,25 @@ mod tests {
             route("a", Some("api.example.com"), "/orders", Some(&["GET"])),
             route("b", None, "/orders", None),
         ];
-        let hit = |h, p, m| find(&routes, h, p, m).map(|r| r.name.clone());
+        let hit = |h: Option<&str>, p, m| {
+            let h = h.map(|h| normalize_host(h).unwrap());
+            find(&routes, h.as_deref(), p, m).map(|r| r.name.clone())
+        };
         assert_eq!(
             hit(Some("API.example.com:8443"), "/orders/1", "GET").as_deref(),
             Some("a")
         );
+        for spelling in [
+            "api.example.com.",
+            "API.EXAMPLE.COM.:443",
+            "api.example.com:0",
+        ] {
+            assert_eq!(
+                hit(Some(spelling), "/orders/1", "GET").as_deref(),
+                Some("a"),
+                "{spelling}"
+            );
+        }
         assert_eq!(
             hit(Some("api.example.com"), "/orders/1", "POST").as_deref(),
             Some("b")
@@ -269,6 +382,82 @@ mod tests {
         assert_eq!(strip_port("[::1]:8443"), "[::1]");
         assert_eq!(strip_port("example.com:443"), "example.com");
         assert_eq!(strip_port("example.com"), "example.com");
+    }
+
+    #[test]
+    fn hosts_normalise() {
+        for (raw, want) in [
+            ("api.example.com", "api.example.com"),
+            ("API.Example.COM", "api.example.com"),
+            ("api.example.com.", "api.example.com"),
+            ("api.example.com.:8443", "api.example.com"),
+            ("api.example.com:65535", "api.example.com"),
+            ("localhost", "localhost"),
+            ("127.0.0.1:8443", "127.0.0.1"),
+            ("my_host.internal", "my_host.internal"),
+            ("[::1]", "[::1]"),
+            ("[::1]:8443", "[::1]"),
+            ("[0:0:0:0:0:0:0:1]", "[::1]"),
+            ("[2001:DB8::A]:443", "[2001:db8::a]"),
+        ] {
+            assert_eq!(normalize_host(raw).as_deref(), Ok(want), "{raw}");
+        }
+        for bad in [
+            "",
+            ".",
+            ":443",
+            "api.example.com:abc",
+            "api.example.com:",
+            "api.example.com:65536",
+            "api.example.com:123456",
+            "api.example.com:+80",
+            "api.example.com:-1",
+            "api.example.com..",
+            ".api.example.com",
+            "api..example.com",
+            "api example.com",
+            "user@api.example.com",
+            "api.example.com:80:80",
+            "a%2eb",
+            "caf\u{e9}.example",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "[::1]:99999",
+            "[fe80::1%25eth0]",
+            "[not-ipv6]",
+            "::1",
+        ] {
+            assert!(normalize_host(bad).is_err(), "{bad:?} should be refused");
+        }
+        let long_label = format!("{}.example", "a".repeat(64));
+        assert!(normalize_host(&long_label).is_err());
+        let long_name = vec!["abcdefghi"; 30].join(".");
+        assert!(normalize_host(&long_name).is_err());
+    }
+
+    #[test]
+    fn request_host_rules() {
+        let h = |v: &'static str| v.as_bytes();
+        assert_eq!(
+            request_host(&[h("API.example.com.:443")], None, true),
+            Ok(Some("api.example.com".into()))
+        );
+        assert_eq!(
+            request_host(&[], Some("api.example.com:8443"), false),
+            Ok(Some("api.example.com".into()))
+        );
+        assert_eq!(
+            request_host(&[h("api.example.com")], Some("API.example.com:443"), true),
+            Ok(Some("api.example.com".into()))
+        );
+        assert_eq!(request_host(&[], None, false), Ok(None));
+        assert!(request_host(&[], None, true).is_err());
+        assert!(request_host(&[h("a"), h("a")], None, true).is_err());
+        assert!(request_host(&[h("a")], Some("b"), true).is_err());
+        assert!(request_host(&[h("a:x")], None, true).is_err());
+        assert!(request_host(&[b"\xff"], None, true).is_err());
+        assert!(request_host(&[], Some("a:x"), false).is_err());
     }
 
     #[test]

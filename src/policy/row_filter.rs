@@ -6,6 +6,12 @@
 //! joined with `,`, so a claim value can never carry a CR/LF, a second header or an
 //! unencoded delimiter to the backend. A placeholder with no value is an error that the
 //! caller turns into a 403 `missing_claim`: a filter is never silently dropped.
+//!
+//! Literal text is checked when the template is parsed (visible ASCII and spaces only,
+//! anywhere in the value, no leading or trailing space), and the renderer checks its
+//! output again whatever the template holds: a value that is empty or not visible ASCII
+//! is refused ([`RenderError::Invalid`]) rather than sent, so a filter header can never
+//! carry a line break or arrive empty.
 
 use std::fmt;
 
@@ -57,6 +63,46 @@ pub struct Template {
     parts: Vec<Part>,
 }
 
+/// Why a template did not render.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RenderError {
+    /// A placeholder had no value (claim missing, null, an object, empty; no roles).
+    Missing(Placeholder),
+    /// The rendered value is not one gatehouse sends: empty, a byte outside visible
+    /// ASCII (0x20-0x7E), or a leading or trailing space (HTTP drops those). Only a
+    /// template built around [`Template::parse`] can get here.
+    Invalid,
+}
+
+impl fmt::Display for RenderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RenderError::Missing(Placeholder::Claim(p)) => write!(f, "claim {p}"),
+            RenderError::Missing(other) => write!(f, "{other}"),
+            RenderError::Invalid => f.write_str("a valid header value"),
+        }
+    }
+}
+
+/// Whether `v` may be sent as a row-filter header value: not empty, visible ASCII and
+/// spaces only (0x20-0x7E), no leading or trailing space.
+pub fn valid_header_value(v: &str) -> bool {
+    !v.is_empty()
+        && v.bytes().all(|b| (0x20..=0x7e).contains(&b))
+        && !v.starts_with(' ')
+        && !v.ends_with(' ')
+}
+
+/// Literal template text: visible ASCII and spaces only.
+fn check_literal(src: &str, lit: &str) -> Result<(), String> {
+    match lit.chars().find(|c| !(' '..='~').contains(c)) {
+        Some(c) => Err(format!(
+            "literal text may hold only visible ASCII and spaces (0x20-0x7E), found {c:?} in {src:?}; remove it (claim values are percent-encoded, literal text is sent as written)"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The values a template can draw on, supplied by the caller's identity.
 pub trait Values {
     /// The claim at a dotted path, if present and not null.
@@ -71,6 +117,19 @@ pub trait Values {
 impl Template {
     /// Parses a template; the error says what is wrong and which forms are allowed.
     pub fn parse(src: &str) -> Result<Template, String> {
+        if src.is_empty() {
+            return Err(format!(
+                "is empty, so the header would be sent empty; write a filter such as \"region={{claims.region}}\" (placeholders are {})",
+                Self::FORMS
+            ));
+        }
+        if src.starts_with(|c: char| c.is_whitespace())
+            || src.ends_with(|c: char| c.is_whitespace())
+        {
+            return Err(format!(
+                "{src:?} starts or ends with white space, which HTTP drops from header values; remove it"
+            ));
+        }
         let mut parts = Vec::new();
         let mut lit = String::new();
         let mut rest = src;
@@ -103,17 +162,14 @@ impl Template {
                 },
             };
             if !lit.is_empty() {
+                check_literal(src, &lit)?;
                 parts.push(Part::Lit(std::mem::take(&mut lit)));
             }
             parts.push(Part::Var(ph));
             rest = &after[end + 1..];
         }
         lit.push_str(rest);
-        if let Some(c) = lit.chars().find(|c| !(' '..='~').contains(c)) {
-            return Err(format!(
-                "literal text may hold only visible ASCII and spaces, found {c:?}"
-            ));
-        }
+        check_literal(src, &lit)?;
         if !lit.is_empty() {
             parts.push(Part::Lit(lit));
         }
@@ -136,8 +192,9 @@ impl Template {
         })
     }
 
-    /// Renders the template; `Err` names the placeholder that had no value.
-    pub fn render(&self, v: &dyn Values) -> Result<String, Placeholder> {
+    /// Renders the template. `Err` names the placeholder that had no value, or says the
+    /// result is not a header value to send (checked whatever the template holds).
+    pub fn render(&self, v: &dyn Values) -> Result<String, RenderError> {
         let mut out = String::with_capacity(self.source.len() + 16);
         for part in &self.parts {
             match part {
@@ -151,16 +208,21 @@ impl Template {
                         Placeholder::Sub => push_opt(&mut out, v.sub()),
                         Placeholder::ClientId => push_opt(&mut out, v.client_id()),
                         Placeholder::Issuer => push_opt(&mut out, Some(v.issuer())),
+                        // No roles is an empty value: deny rather than filter on nothing.
+                        Placeholder::Roles if v.roles().is_empty() => false,
                         Placeholder::Roles => {
                             push_list(&mut out, v.roles().iter().map(String::as_str));
                             true
                         }
                     };
                     if !ok {
-                        return Err(ph.clone());
+                        return Err(RenderError::Missing(ph.clone()));
                     }
                 }
             }
+        }
+        if !valid_header_value(&out) {
+            return Err(RenderError::Invalid);
         }
         Ok(out)
     }
@@ -340,11 +402,114 @@ mod tests {
         ] {
             assert_eq!(
                 t.render(&v(claims)),
-                Err(Placeholder::Claim("region".into()))
+                Err(RenderError::Missing(Placeholder::Claim("region".into())))
             );
         }
         let t = Template::parse("{client_id}").unwrap();
-        assert_eq!(t.render(&v(json!({}))), Err(Placeholder::ClientId));
+        assert_eq!(
+            t.render(&v(json!({}))),
+            Err(RenderError::Missing(Placeholder::ClientId))
+        );
+    }
+
+    #[test]
+    fn literal_text_is_checked_before_the_first_placeholder_too() {
+        // The red-team value: CR/LF before the first placeholder used to pass.
+        for bad in [
+            "owner=\r\nX-Auth-Roles: admin\r\nY: {sub}",
+            "a\tb={sub}",
+            "a\0b={sub}",
+            "r\u{e9}gion={claims.region}",
+            "{sub}\n{roles}",
+            "a={sub}\x7f",
+        ] {
+            let e = Template::parse(bad).expect_err(bad);
+            assert!(e.contains("visible ASCII"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn empty_or_space_padded_values_do_not_parse() {
+        assert!(Template::parse("").unwrap_err().contains("empty"));
+        for bad in [" {sub}", "{sub} ", " x", "\t{sub}"] {
+            assert!(Template::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Template::parse("a b={sub}").is_ok());
+    }
+
+    /// A template that never went through `parse` (defence in depth): the renderer itself
+    /// refuses to produce a value that is empty or not visible ASCII.
+    #[test]
+    fn renderer_refuses_invalid_output_whatever_the_template() {
+        let hand_built = |parts: Vec<Part>| Template {
+            source: String::new(),
+            parts,
+        };
+        let claims = json!({"sub": "alice"});
+        let t = hand_built(vec![
+            Part::Lit("owner=\r\nX-Auth-Roles: admin\r\nY: ".into()),
+            Part::Var(Placeholder::Sub),
+        ]);
+        assert_eq!(t.render(&v(claims.clone())), Err(RenderError::Invalid));
+        for lit in ["", " ", "x ", "\u{e9}", "a\0"] {
+            let t = hand_built(vec![Part::Lit(lit.into())]);
+            assert_eq!(
+                t.render(&v(claims.clone())),
+                Err(RenderError::Invalid),
+                "{lit:?}"
+            );
+        }
+        assert_eq!(
+            hand_built(vec![]).render(&v(claims.clone())),
+            Err(RenderError::Invalid)
+        );
+        let ok = hand_built(vec![Part::Lit("u=".into()), Part::Var(Placeholder::Sub)]);
+        assert_eq!(ok.render(&v(claims)).unwrap(), "u=alice");
+    }
+
+    #[test]
+    fn no_roles_is_a_missing_value() {
+        let t = Template::parse("r={roles}").unwrap();
+        let none = V {
+            claims: json!({}),
+            roles: vec![],
+        };
+        assert_eq!(
+            t.render(&none),
+            Err(RenderError::Missing(Placeholder::Roles))
+        );
+    }
+
+    #[test]
+    fn numbers_render_exactly_as_written() {
+        let t = Template::parse("t={claims.n}").unwrap();
+        let render = |json_text: &str| {
+            let claims: serde_json::Value =
+                serde_json::from_str(&format!("{{\"n\": {json_text}}}")).unwrap();
+            t.render(&v(claims)).unwrap()
+        };
+        // Past 2^53 a float would make these two one tenant.
+        assert_eq!(render("1180591620717411303424"), "t=1180591620717411303424");
+        assert_eq!(render("1180591620717411303425"), "t=1180591620717411303425");
+        for (written, want) in [
+            ("0", "t=0"),
+            ("42", "t=42"),
+            ("-7", "t=-7"),
+            ("18446744073709551616", "t=18446744073709551616"),
+            ("-9223372036854775809", "t=-9223372036854775809"),
+            ("0.1", "t=0.1"),
+            ("2.50", "t=2.50"),
+            // serde_json writes an exponent as `e+N` / `e-N` (its one normalisation).
+            ("1e3", "t=1e%2B3"),
+            ("-1.5E+2", "t=-1.5e%2B2"),
+            ("5E-1", "t=5e-1"),
+            (
+                "[1, 2.0, 12345678901234567890123]",
+                "t=1,2.0,12345678901234567890123",
+            ),
+        ] {
+            assert_eq!(render(written), want, "{written}");
+        }
     }
 
     #[test]

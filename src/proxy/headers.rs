@@ -29,41 +29,71 @@ pub const FORWARDED_HEADERS: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto"
 
 /// Headers removed from every client request besides the config's owned ones: a backend
 /// may trust them for the method (method-override middleware would run an authorized
-/// GET as a DELETE) or for the client's address and host, and only gatehouse may say
-/// those things.
-pub const ALWAYS_STRIPPED: [&str; 7] = [
+/// GET as a DELETE), the URL (`X-Original-URL` / `X-Rewrite-URL` make IIS, Symfony or
+/// Zend serve another path than the one gatehouse routed), the client's address and
+/// host, or the client certificate a TLS terminator verified (nginx, Envoy, Traefik,
+/// Azure spellings), and only gatehouse may say those things.
+pub const ALWAYS_STRIPPED: [&str; 24] = [
+    // Method overrides.
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    // URL overrides.
+    "x-original-url",
+    "x-rewrite-url",
+    // Client address and host.
     "forwarded",
     "x-forwarded-host",
     "x-forwarded-port",
     "x-real-ip",
+    // Client certificate, as terminating proxies pass it on.
+    "x-forwarded-client-cert",
+    "x-client-cert",
+    "x-ssl-client-cert",
+    "x-ssl-client-dn",
+    "x-ssl-client-cn",
+    "x-ssl-client-s-dn",
+    "x-ssl-client-i-dn",
+    "x-ssl-client-verify",
+    "x-client-verify",
+    "x-client-dn",
+    "x-client-cn",
+    "ssl-client-cert",
+    "x-forwarded-tls-client-cert",
+    "x-forwarded-tls-client-cert-info",
+    "x-arr-clientcert",
 ];
 
-/// Removes from the request every copy of the `owned` headers and of
-/// [`ALWAYS_STRIPPED`], and any underscore spelling of those or of
-/// [`FORWARDED_HEADERS`] (`X_Auth_Roles`): CGI-style servers (WSGI, PHP, Rack) map
-/// `X_Auth_Roles` and `X-Auth-Roles` to the same variable.
+/// Whether a client request header named `name` (lower case, as `HeaderName` keeps it)
+/// is removed before the request goes on: one of the `owned` headers (identity and
+/// row-filter headers of the config) or of [`ALWAYS_STRIPPED`], or another spelling of
+/// one of those with `_` for `-` or the reverse (`X_Auth_Roles`; `X-Tenant` when a row
+/// filter is named `X_Tenant`), or an underscore spelling of [`FORWARDED_HEADERS`]:
+/// CGI-style servers (WSGI, PHP, Rack) map `X_Auth_Roles` and `X-Auth-Roles` to the same
+/// variable.
+pub fn is_stripped(name: &str, owned: &[HeaderName]) -> bool {
+    let exact = |n: &str| owned.iter().any(|o| o.as_str() == n) || ALWAYS_STRIPPED.contains(&n);
+    if exact(name) {
+        return true;
+    }
+    let dashed = name.replace('_', "-");
+    let owned_dashed = owned
+        .iter()
+        .any(|o| o.as_str().contains('_') && o.as_str().replace('_', "-") == dashed);
+    if owned_dashed {
+        return true;
+    }
+    name.contains('_') && (exact(&dashed) || FORWARDED_HEADERS.contains(&dashed.as_str()))
+}
+
+/// Removes from the request every header [`is_stripped`] names, every copy.
 pub fn strip(headers: &mut HeaderMap, owned: &[HeaderName]) {
-    for h in owned {
-        headers.remove(h);
-    }
-    for h in ALWAYS_STRIPPED {
-        headers.remove(h);
-    }
-    let spoofed: Vec<HeaderName> = headers
+    let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| n.as_str().contains('_'))
-        .filter(|n| {
-            let dashed = n.as_str().replace('_', "-");
-            owned.iter().any(|o| o.as_str() == dashed)
-                || ALWAYS_STRIPPED.contains(&dashed.as_str())
-                || FORWARDED_HEADERS.contains(&dashed.as_str())
-        })
+        .filter(|n| is_stripped(n.as_str(), owned))
         .cloned()
         .collect();
-    for h in spoofed {
+    for h in doomed {
         headers.remove(&h);
     }
 }
@@ -114,6 +144,16 @@ mod tests {
             ("X-HTTP-Method-Override", "DELETE"),
             ("Forwarded", "for=10.0.0.1"),
             ("X-Real-IP", "10.0.0.1"),
+            ("X-Original-URL", "/admin"),
+            ("X-Rewrite-URL", "/admin"),
+            ("X_Original_URL", "/admin"),
+            ("X-Forwarded-Client-Cert", "Hash=1;Subject=\"CN=admin\""),
+            ("X-Client-Cert", "x"),
+            ("X-SSL-Client-Cert", "x"),
+            ("X-SSL-Client-DN", "CN=admin"),
+            ("X_SSL_Client_CN", "admin"),
+            ("X-SSL-Client-CN", "admin"),
+            ("X_Forwarded_Client_Cert", "x"),
             ("X_Custom_Thing", "kept"),
             ("Accept", "*/*"),
         ] {
@@ -130,6 +170,37 @@ mod tests {
         let mut left: Vec<&str> = req.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, vec!["accept", "x_custom_thing"]);
+    }
+
+    #[test]
+    fn stripped_names() {
+        let owned = [
+            HeaderName::from_static("x-tenant"),
+            HeaderName::from_static("x_org_unit"),
+        ];
+        for n in [
+            "x-tenant",
+            "x_tenant",
+            "x_org_unit",
+            "x-org-unit",
+            "x-org_unit",
+            "x-original-url",
+            "x_rewrite_url",
+            "x-ssl-client-dn",
+            "x_forwarded_for",
+            "x_request_id",
+        ] {
+            assert!(is_stripped(n, &owned), "{n}");
+        }
+        for n in [
+            "accept",
+            "x-forwarded-for",
+            "x-request-id",
+            "x_custom",
+            "authorization",
+        ] {
+            assert!(!is_stripped(n, &owned), "{n}");
+        }
     }
 
     #[test]

@@ -24,7 +24,8 @@ pub enum TlsMin {
 
 /// Reads every certificate of a PEM file. An empty file is an error.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let pem = crate::config::files::read_bounded(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse_certs(&pem).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -45,7 +46,8 @@ pub fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// Reads the first private key (PKCS#8, SEC1 or PKCS#1) of a PEM file.
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let pem = crate::config::files::read_bounded(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     rustls_pemfile::private_key(&mut &pem[..])
         .map_err(|e| format!("{}: not PEM: {e}", path.display()))?
         .ok_or_else(|| {

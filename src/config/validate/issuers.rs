@@ -32,7 +32,7 @@ impl Validator<'_> {
             [false, false, true] => {
                 let f = r.jwks_file.as_ref().unwrap();
                 let p = self.path(f.get_ref());
-                match std::fs::read(&p) {
+                match crate::config::files::read_bounded(&p) {
                     // Parsed exactly as the verifier will: a file whose keys are all
                     // unusable (wrong type, `use = "enc"`, short RSA) is refused here
                     // rather than locking every caller out at run time.
@@ -62,7 +62,7 @@ impl Validator<'_> {
                         self.err(
                             f.span(),
                             k("jwks_file"),
-                            format!("cannot read {}: {e}", p.display()),
+                            format!("cannot read {}: {e}; point it at a JWKS file", p.display()),
                         );
                         None
                     }
@@ -171,6 +171,23 @@ impl Validator<'_> {
             }
             Some(v) => *v.get_ref(),
         };
+        let leeway_s = match r.leeway_s.as_ref() {
+            None => 30,
+            Some(v) if *v.get_ref() > crate::config::MAX_LEEWAY_S => {
+                self.err(
+                    v.span(),
+                    k("leeway_s"),
+                    format!(
+                        "{} is more than the maximum of {} seconds: that accepts expired tokens for minutes; fix the clocks (NTP) and lower it",
+                        v.get_ref(),
+                        crate::config::MAX_LEEWAY_S
+                    ),
+                );
+                ok = false;
+                30
+            }
+            Some(v) => *v.get_ref(),
+        };
         let claim = |c: &Option<S<String>>, d: &str| {
             c.as_ref()
                 .map(|c| c.get_ref().clone())
@@ -207,7 +224,7 @@ impl Validator<'_> {
             keys: keys?,
             audiences,
             algorithms,
-            leeway_s: r.leeway_s.unwrap_or(30),
+            leeway_s,
             ca_pem,
             jwks_refresh_s,
             roles_claim: claim(&r.roles_claim, "roles"),

@@ -38,6 +38,19 @@ impl Validator<'_> {
         };
         let threads = match r.threads.as_ref() {
             None => 0,
+            Some(t) if *t.get_ref() > crate::config::MAX_THREADS => {
+                self.err(
+                    t.span(),
+                    "server.threads",
+                    format!(
+                        "{} is more than the maximum of {}; use 0 (one per core) or a number up to {}",
+                        t.get_ref(),
+                        crate::config::MAX_THREADS,
+                        crate::config::MAX_THREADS
+                    ),
+                );
+                0
+            }
             Some(t) if *t.get_ref() >= 0 => *t.get_ref() as usize,
             Some(t) => {
                 self.err(
@@ -201,10 +214,17 @@ impl Validator<'_> {
         name: String,
     ) -> Option<(Vec<u8>, Vec<rustls::pki_types::CertificateDer<'static>>)> {
         let p = self.path(ca.get_ref());
-        let pem = match std::fs::read(&p) {
+        let pem = match crate::config::files::read_bounded(&p) {
             Ok(b) => b,
             Err(e) => {
-                self.err(ca.span(), key, format!("cannot read {}: {e}", p.display()));
+                self.err(
+                    ca.span(),
+                    key,
+                    format!(
+                        "cannot read {}: {e}; point it at a PEM CA certificate",
+                        p.display()
+                    ),
+                );
                 return None;
             }
         };

@@ -73,7 +73,7 @@ const WARN_EXPIRY_DAYS: i64 = 30;
 
 /// Loads and validates a config file. `Err` holds every error found.
 pub fn load(path: &Path) -> Result<Runtime, ConfigErrors> {
-    let src = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = super::files::read_bounded(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
             line: 0,
@@ -82,7 +82,17 @@ pub fn load(path: &Path) -> Result<Runtime, ConfigErrors> {
             message: format!("cannot read the config file: {e}"),
         }])
     })?;
-    load_str(path, &src)
+    let src = super::files::utf8(&bytes).map_err(|(line, col)| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line,
+            col,
+            key: String::new(),
+            message: "this byte is not UTF-8; save the file as UTF-8 (checking stops here)"
+                .to_string(),
+        }])
+    })?;
+    load_str(path, src)
 }
 
 /// Validates config text as if read from `path` (relative paths resolve next to it).
@@ -140,12 +150,9 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// 1-based line and column (in characters) of a byte offset in the file.
     fn line_col(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.src.len());
-        let before = &self.src[..offset];
-        let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);
-        (line, col)
+        super::files::line_col(self.src, offset)
     }
 
     fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
@@ -217,7 +224,7 @@ impl<'a> Validator<'a> {
                 },
                 (None, Some(file)) => {
                     let p = self.path(file);
-                    match std::fs::read(&p) {
+                    match super::files::read_bounded(&p) {
                         Ok(mut v) => {
                             while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                                 v.pop();

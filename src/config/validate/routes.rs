@@ -37,6 +37,15 @@ impl Validator<'_> {
                     .join(", ")
             }
         };
+        // Every row-filter header of the config, dashed: another filter's underscore
+        // spelling of one of these would reach a CGI-style backend as the same variable.
+        let filter_headers: HashSet<String> = raw
+            .routes
+            .iter()
+            .flat_map(|r| r.get_ref().row_filters.iter())
+            .map(|f| f.get_ref().header.get_ref().to_ascii_lowercase())
+            .filter(|h| !h.contains('_'))
+            .collect();
         for (i, rs) in raw.routes.iter().enumerate() {
             let r = rs.get_ref();
             let k = |f: &str| format!("routes[{i}].{f}");
@@ -49,18 +58,30 @@ impl Validator<'_> {
                 self.err(r.name.span(), k("name"), format!("duplicate route name {name:?} (also routes[{prev}]); route names must be unique"));
                 ok = false;
             }
+            // Normalised exactly as request hosts are, so matching is plain equality.
             let host = r.host.as_ref().map(|h| {
-                let v = h.get_ref().to_ascii_lowercase();
-                let v = crate::policy::route::strip_port(&v).to_string();
-                if v.is_empty() {
+                let raw = h.get_ref();
+                if raw.is_empty() {
                     self.err(
                         h.span(),
                         k("host"),
                         "must not be empty; remove it to match any host",
                     );
                     ok = false;
+                    return String::new();
                 }
-                v
+                match crate::policy::route::normalize_host(raw) {
+                    Ok(v) => v,
+                    Err(why) => {
+                        self.err(
+                            h.span(),
+                            k("host"),
+                            format!("{raw:?} is not a valid host ({why}); write a host name such as \"api.example.com\" (a port is ignored)"),
+                        );
+                        ok = false;
+                        String::new()
+                    }
+                }
             });
             let prefix = r.path_prefix.get_ref();
             if !prefix.starts_with('/') {
@@ -217,12 +238,34 @@ impl Validator<'_> {
                 let fr = f.get_ref();
                 let fk = |x: &str| format!("routes[{i}].row_filters[{j}].{x}");
                 let hname = fr.header.get_ref().to_ascii_lowercase();
+                let dashed = hname.replace('_', "-");
+                let owned_elsewhere = hname.contains('_')
+                    && (RESERVED_HEADERS.contains(&dashed.as_str())
+                        || crate::proxy::headers::ALWAYS_STRIPPED.contains(&dashed.as_str())
+                        || filter_headers.contains(&dashed));
                 let header = match HeaderName::from_bytes(hname.as_bytes()) {
-                    Ok(h) if RESERVED_HEADERS.contains(&hname.as_str()) => {
+                    Ok(h) if owned_elsewhere => {
+                        self.err(
+                            fr.header.span(),
+                            fk("header"),
+                            format!(
+                                "{:?} is an underscore spelling of {dashed}, a header gatehouse owns: CGI-style backends (WSGI, PHP, Rack) read both as one variable; pick another name",
+                                fr.header.get_ref()
+                            ),
+                        );
+                        ok = false;
+                        Some(h)
+                    }
+                    Ok(h)
+                        if RESERVED_HEADERS.contains(&hname.as_str())
+                            || crate::proxy::headers::ALWAYS_STRIPPED.contains(&hname.as_str()) =>
+                    {
                         let kind = if HOP_BY_HOP.contains(&hname.as_str()) {
                             "a hop-by-hop header (never forwarded)"
                         } else if IDENTITY_HEADERS.contains(&hname.as_str()) {
                             "an identity header (gatehouse sets it from the token)"
+                        } else if crate::proxy::headers::ALWAYS_STRIPPED.contains(&hname.as_str()) {
+                            "a header backends trust for the method, URL, client address or certificate (gatehouse strips it)"
                         } else {
                             "a header gatehouse sets or relies on"
                         };
@@ -242,7 +285,10 @@ impl Validator<'_> {
                         self.err(
                             fr.header.span(),
                             fk("header"),
-                            format!("{:?} is not a valid header name", fr.header.get_ref()),
+                            format!(
+                                "{:?} is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~ only: no spaces, ':' or other punctuation); pick a name such as X-Row-Filter",
+                                fr.header.get_ref()
+                            ),
                         );
                         ok = false;
                         None
