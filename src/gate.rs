@@ -20,6 +20,9 @@ pub struct Live {
     pub refused: NegativeCache,
     /// One pooled mTLS client per upstream, built with this config.
     pub upstreams: crate::proxy::upstream::Clients,
+    /// Metric handles per route (by `Route::index`), and for requests that matched none.
+    pub route_metrics: Vec<crate::admin::metrics::RouteMetrics>,
+    pub unrouted_metrics: crate::admin::metrics::RouteMetrics,
 }
 
 /// What the gate decided for one request.
@@ -35,12 +38,20 @@ impl Live {
     pub fn new(rt: Arc<Runtime>, auth: Arc<Authenticator>) -> Self {
         let cache = DecisionCache::new(rt.cache.max_entries, rt.cache.ttl_s);
         let upstreams = crate::proxy::upstream::clients(&rt.upstreams);
+        debug_assert!(rt.routes.iter().enumerate().all(|(i, r)| r.index == i));
+        let route_metrics = rt
+            .routes
+            .iter()
+            .map(|r| crate::admin::metrics::RouteMetrics::new(&r.name))
+            .collect();
         Live {
             rt,
             auth,
             cache,
             refused: NegativeCache::new(NEGATIVE_ENTRIES, NEGATIVE_TTL),
             upstreams,
+            route_metrics,
+            unrouted_metrics: crate::admin::metrics::RouteMetrics::new("_none"),
         }
     }
 

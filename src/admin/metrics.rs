@@ -146,6 +146,93 @@ pub fn method_label(method: &str) -> &'static str {
     }
 }
 
+/// Statuses whose request counters are resolved once per route and method (the rest
+/// are looked up by label on each request).
+const COMMON_STATUSES: [u16; 16] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 405, 408, 429, 431, 500, 502, 503, 504,
+];
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER",
+];
+
+/// One route's metric handles, resolved once (the request counter per method and
+/// common status on first use, the duration histogram and the allow counter at load), so
+/// that a request does not hash label values or format its status.
+pub struct RouteMetrics {
+    route: String,
+    requests: Vec<std::sync::OnceLock<IntCounter>>,
+    duration: prometheus::Histogram,
+    allow: IntCounter,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> Self {
+        RouteMetrics {
+            route: route.to_string(),
+            requests: (0..METHODS.len() * COMMON_STATUSES.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            duration: REQUEST_DURATION.with_label_values(&[route]),
+            allow: AUTH_DECISIONS_TOTAL.with_label_values(&[route, "allow", ""]),
+        }
+    }
+
+    /// Counts one request with its method bucket and status, and its duration.
+    pub fn request(&self, method: &'static str, status: u16, seconds: f64) {
+        let m = METHODS.iter().position(|x| *x == method);
+        let st = COMMON_STATUSES.iter().position(|x| *x == status);
+        match (m, st) {
+            (Some(m), Some(st)) => self.requests[m * COMMON_STATUSES.len() + st]
+                .get_or_init(|| {
+                    REQUESTS_TOTAL.with_label_values(&[&self.route, method, &status.to_string()])
+                })
+                .inc(),
+            _ => REQUESTS_TOTAL
+                .with_label_values(&[&self.route, method, &status.to_string()])
+                .inc(),
+        }
+        self.duration.observe(seconds);
+    }
+
+    pub fn allowed(&self) {
+        self.allow.inc();
+    }
+}
+
+/// One upstream's metric handles (see [`RouteMetrics`]).
+pub struct UpstreamMetrics {
+    upstream: String,
+    statuses: Vec<std::sync::OnceLock<IntCounter>>,
+    duration: prometheus::Histogram,
+}
+
+impl UpstreamMetrics {
+    pub fn new(upstream: &str) -> Self {
+        UpstreamMetrics {
+            upstream: upstream.to_string(),
+            statuses: (0..COMMON_STATUSES.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            duration: UPSTREAM_DURATION.with_label_values(&[upstream]),
+        }
+    }
+
+    pub fn request(&self, status: u16, seconds: f64) {
+        match COMMON_STATUSES.iter().position(|x| *x == status) {
+            Some(i) => self.statuses[i]
+                .get_or_init(|| {
+                    UPSTREAM_REQUESTS_TOTAL
+                        .with_label_values(&[&self.upstream, &status.to_string()])
+                })
+                .inc(),
+            None => UPSTREAM_REQUESTS_TOTAL
+                .with_label_values(&[&self.upstream, &status.to_string()])
+                .inc(),
+        }
+        self.duration.observe(seconds);
+    }
+}
+
 /// Touch every metric so that `/metrics` lists each family from the start.
 pub fn init() {
     // Both results exist from the start, so `increase(...{result="error"}[5m]) > 0` alerts

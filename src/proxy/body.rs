@@ -207,27 +207,22 @@ impl Drop for Finish {
     fn drop(&mut self) {
         self.shared.inflight.fetch_sub(1, Ordering::AcqRel);
         self.conn.activity.request_finished();
-        let route = self
-            .route
-            .as_ref()
-            .map(|r| r.name.as_str())
-            .unwrap_or("_none");
         let method = metrics::method_label(self.method.as_str());
         let elapsed = self.start.elapsed();
-        metrics::REQUESTS_TOTAL
-            .with_label_values(&[route, method, &self.status.to_string()])
-            .inc();
-        metrics::REQUEST_DURATION
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        let rm = match &self.route {
+            Some(r) => self
+                .live
+                .route_metrics
+                .get(r.index)
+                .unwrap_or(&self.live.unrouted_metrics),
+            None => &self.live.unrouted_metrics,
+        };
+        rm.request(method, self.status, elapsed.as_secs_f64());
         if let Some((up, t)) = &self.upstream {
-            let ustatus = self.upstream_status.unwrap_or(502);
-            metrics::UPSTREAM_REQUESTS_TOTAL
-                .with_label_values(&[up.upstream.name.as_str(), &ustatus.to_string()])
-                .inc();
-            metrics::UPSTREAM_DURATION
-                .with_label_values(&[up.upstream.name.as_str()])
-                .observe(t.elapsed().as_secs_f64());
+            up.metrics.request(
+                self.upstream_status.unwrap_or(502),
+                t.elapsed().as_secs_f64(),
+            );
         }
         let reason = match &self.outcome {
             Some(Outcome::Deny(e)) => e.reason.as_str(),

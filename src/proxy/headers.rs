@@ -76,6 +76,11 @@ pub fn is_stripped(name: &str, owned: &[HeaderName]) -> bool {
     if exact(name) {
         return true;
     }
+    // Only a name with `_`, or a config that names a header with `_`, can be another
+    // spelling: skip the allocation for every ordinary header.
+    if !name.contains('_') && !owned.iter().any(|o| o.as_str().contains('_')) {
+        return false;
+    }
     let dashed = name.replace('_', "-");
     let owned_dashed = owned
         .iter()

@@ -114,9 +114,12 @@ pub async fn handle(
             Outcome::Deny(e) => metrics::AUTH_DECISIONS_TOTAL
                 .with_label_values(&[route.name.as_str(), "deny", e.reason.as_str()])
                 .inc(),
-            Outcome::Allow(_) => metrics::AUTH_DECISIONS_TOTAL
-                .with_label_values(&[route.name.as_str(), "allow", ""])
-                .inc(),
+            Outcome::Allow(_) => match live.route_metrics.get(route.index) {
+                Some(m) => m.allowed(),
+                None => metrics::AUTH_DECISIONS_TOTAL
+                    .with_label_values(&[route.name.as_str(), "allow", ""])
+                    .inc(),
+            },
             Outcome::Public => {}
         }
     }

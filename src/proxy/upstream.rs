@@ -36,6 +36,7 @@ const POOL_IDLE: Duration = Duration::from_secs(50);
 /// One upstream's pooled client.
 pub struct UpstreamClient {
     pub upstream: Arc<Upstream>,
+    pub metrics: crate::admin::metrics::UpstreamMetrics,
     client: Https,
     /// `https://ADDR` per address, in `upstream.addrs` order.
     bases: Vec<String>,
@@ -76,6 +77,7 @@ impl UpstreamClient {
             .build(https);
         let bases = up.addrs.iter().map(|a| format!("https://{a}")).collect();
         UpstreamClient {
+            metrics: crate::admin::metrics::UpstreamMetrics::new(&up.name),
             upstream: up,
             client,
             bases,
