@@ -4,7 +4,8 @@
 //!
 //! - a request head must arrive within `header_read_timeout_ms` of its first byte (of
 //!   the handshake, for the first request);
-//! - a connection with nothing in flight is closed after `idle_timeout_s` (h2: GOAWAY);
+//! - a connection with nothing in flight is closed after `idle_timeout_s` (h2: GOAWAY,
+//!   and closed anyway if the client does not end it within `header_read_timeout_ms`);
 //! - on drain, every connection finishes what it has in flight and closes.
 //!
 //! The timeouts are watched per connection from an activity record that the socket
@@ -76,6 +77,11 @@ impl Activity {
     pub fn request_started(&self) {
         self.inflight.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Nothing in flight.
+    fn is_idle(&self) -> bool {
+        self.inflight.load(Ordering::Relaxed) == 0
     }
 
     /// A response is done (or abandoned).
@@ -274,7 +280,9 @@ fn builder(limits: &Limits, h2: bool) -> auto::Builder<TokioExecutor> {
         .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024));
     b.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
+        // Above the limit, so that a header list over it reaches `handle` and gets the
+        // 431 problem (the h2 codec's own answer to a list over this is a bare 431).
+        .max_header_list_size(((limits.max_header_bytes * 2).max(16 * 1024)) as u32)
         .max_concurrent_streams(256)
         .max_pending_accept_reset_streams(64)
         .max_local_error_reset_streams(256);
@@ -370,6 +378,11 @@ async fn connection(
         conn.as_mut().graceful_shutdown();
     }
     let mut next = Duration::from_millis(1);
+    // A graceful h2 shutdown sends GOAWAY and a PING and waits for the PING's answer
+    // before it closes: a client that never answers would keep the connection for ever.
+    // So once closing, the connection is dropped when nothing is in flight and
+    // `header_read_timeout_ms` has passed since the GOAWAY.
+    let mut closing_since = closing.then(Instant::now);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -380,16 +393,27 @@ async fn connection(
             }
             _ = drain.changed(), if !closing => {
                 closing = true;
+                closing_since = Some(Instant::now());
                 conn.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep(next), if !closing => {
+            _ = tokio::time::sleep(next) => {
                 let limits = shared.live.load().rt.server.limits;
+                if let Some(since) = closing_since {
+                    let grace = limits.header_read_timeout;
+                    if info.activity.is_idle() && since.elapsed() >= grace {
+                        tracing::debug!(%peer, "closing: still open after the graceful shutdown");
+                        return;
+                    }
+                    next = grace.saturating_sub(since.elapsed()).max(Duration::from_millis(50));
+                    continue;
+                }
                 match info.activity.check(&limits, h2) {
                     Ok(d) => next = d,
                     Err(why) => {
                         tracing::debug!(%peer, why, "closing the connection");
                         if h2 {
                             closing = true;
+                            closing_since = Some(Instant::now());
                             conn.as_mut().graceful_shutdown();
                         } else {
                             return;
