@@ -187,6 +187,8 @@ pub async fn handle(
                 }
                 let p = if timed_out {
                     Problem::gateway_timeout("the upstream did not answer in time")
+                } else if let upstream::SendError::TooManyInformational = e {
+                    Problem::bad_gateway("the upstream sent too many informational responses")
                 } else {
                     Problem::bad_gateway(
                         "the upstream refused the connection, failed TLS or closed it",
