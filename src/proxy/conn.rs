@@ -30,6 +30,8 @@ use tokio_rustls::TlsAcceptor;
 use super::Shared;
 use crate::config::Limits;
 
+mod framing;
+
 /// One accepted connection, as the request path sees it.
 pub struct ConnInfo {
     pub peer: SocketAddr,
@@ -38,12 +40,30 @@ pub struct ConnInfo {
     pub activity: Activity,
     /// HSTS for responses hyper writes itself (see [`Watched`]).
     hsts: Option<http::HeaderValue>,
+    /// The index of the first request head that carried both `Content-Length` and
+    /// `Transfer-Encoding` (`u64::MAX`: none), which hyper's parser hides (see
+    /// [`framing`]).
+    framing_conflict: AtomicU64,
+}
+
+impl ConnInfo {
+    /// `Err` when the request being handled (HTTP/1.1) carried both `Content-Length`
+    /// and `Transfer-Encoding`: hyper kept the latter and dropped the former.
+    pub fn framing(&self) -> Result<(), &'static str> {
+        let started = self.activity.started.load(Ordering::Relaxed);
+        if started > 0 && self.framing_conflict.load(Ordering::Relaxed) == started - 1 {
+            return Err("a request may not carry both Content-Length and Transfer-Encoding");
+        }
+        Ok(())
+    }
 }
 
 /// When a connection last did what, for the timeouts (milliseconds since it opened).
 pub struct Activity {
     opened: Instant,
     inflight: AtomicU32,
+    /// Requests started on this connection.
+    started: AtomicU64,
     /// When the bytes of the next request head began to arrive (0: none pending).
     head_since: AtomicU64,
     /// When the last request ended (or the connection opened).
@@ -55,6 +75,7 @@ impl Activity {
         Activity {
             opened: Instant::now(),
             inflight: AtomicU32::new(0),
+            started: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             idle_since: AtomicU64::new(1),
         }
@@ -76,6 +97,7 @@ impl Activity {
     /// A request head is complete.
     pub fn request_started(&self) {
         self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
     }
 
@@ -123,6 +145,8 @@ struct Watched<T> {
     conn: Arc<ConnInfo>,
     /// A replacement response not yet fully written.
     pending: Option<(bytes::Bytes, usize)>,
+    /// HTTP/1.1 request framing, followed to find what hyper hides (not for h2).
+    framing: Option<framing::Framing>,
 }
 
 impl<T: AsyncWrite + Unpin> Watched<T> {
@@ -214,10 +238,22 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.conn.activity.on_bytes();
+            this.conn.activity.on_bytes();
+            if let Some(f) = this.framing.as_mut() {
+                let conn = &this.conn;
+                f.feed(&buf.filled()[before..], |i| {
+                    let _ = conn.framing_conflict.compare_exchange(
+                        u64::MAX,
+                        i,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                });
+            }
         }
         r
     }
@@ -356,6 +392,7 @@ async fn connection(
         h2,
         activity: Activity::new(),
         hsts: super::hsts(&shared.live.load()),
+        framing_conflict: AtomicU64::new(u64::MAX),
     });
     // The first request's head is timed from the end of the handshake.
     if !h2 {
@@ -365,6 +402,8 @@ async fn connection(
         inner: stream,
         conn: info.clone(),
         pending: None,
+        // As much head as hyper buffers (see `builder`).
+        framing: (!h2).then(|| framing::Framing::new((limits.max_header_bytes * 2).max(16 * 1024))),
     });
     let svc_shared = shared.clone();
     let svc_info = info.clone();

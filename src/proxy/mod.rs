@@ -100,7 +100,10 @@ pub async fn handle(
             ),
         )));
     }
-    if let Err(why) = check_framing(&mut head.headers) {
+    if let Err(why) = conn
+        .framing()
+        .and_then(|()| check_framing(&mut head.headers))
+    {
         fin.request_id = headers::new_request_id();
         return Ok(fin.respond(&Problem::bad_request(why)));
     }
