@@ -307,11 +307,19 @@ fn slow_handshakes_and_request_heads_are_cut_off() {
             assert!(closed, "handshake {hello:?} left open");
             assert!(got.is_empty(), "{got:?}");
         }
-        // Handshake done, no request.
+        // Handshake done, no request; h2: a preface and SETTINGS, no request.
         let mut tls = connect(&env, b"http/1.1").await;
         assert!(
             read_until_closed(&mut tls).await.1,
             "silent connection left open"
+        );
+        let mut tls = connect(&env, b"h2").await;
+        let mut hello = h2raw::PREFACE.to_vec();
+        hello.extend(h2raw::frame(h2raw::SETTINGS, 0, 0, &[]));
+        tls.write_all(&hello).await.unwrap();
+        assert!(
+            read_until_closed(&mut tls).await.1,
+            "silent h2 connection left open"
         );
 
         // A head trickled a byte at a time, as the first request and after a complete one.

@@ -3,7 +3,7 @@
 //! HTTP/1.1 or h2 by ALPN with hyper, and enforces the SPEC section 7 timeouts:
 //!
 //! - a request head must arrive within `header_read_timeout_ms` of its first byte (of
-//!   the handshake, for the first request);
+//!   the handshake, for the first request; h2: only the first request is timed);
 //! - a connection with nothing in flight is closed after `idle_timeout_s` (h2: GOAWAY,
 //!   and closed anyway if the client does not end it within `header_read_timeout_ms`);
 //! - on drain, every connection finishes what it has in flight and closes.
@@ -116,7 +116,8 @@ impl Activity {
     fn check(&self, limits: &Limits, h2: bool) -> Result<Duration, &'static str> {
         let now = self.now();
         let head = self.head_since.load(Ordering::Relaxed);
-        if !h2 && head > 0 {
+        // h2 frames carry more than heads: only the first request's is timed there.
+        if head > 0 && (!h2 || self.started.load(Ordering::Relaxed) == 0) {
             let deadline = head + limits.header_read_timeout.as_millis() as u64;
             if now >= deadline {
                 return Err("request head not received within header_read_timeout_ms");
@@ -395,9 +396,7 @@ async fn connection(
         framing_conflict: AtomicU64::new(u64::MAX),
     });
     // The first request's head is timed from the end of the handshake.
-    if !h2 {
-        info.activity.head_since.store(1, Ordering::Relaxed);
-    }
+    info.activity.head_since.store(1, Ordering::Relaxed);
     let io = TokioIo::new(Watched {
         inner: stream,
         conn: info.clone(),
