@@ -60,6 +60,19 @@ impl Framing {
                         if data.is_empty() {
                             return;
                         }
+                        // The usual case: a whole head in one read, parsed where it is.
+                        match parse_head(data) {
+                            Parsed::Head(end, both, next) => {
+                                self.head(Some((both, next)), &mut conflict);
+                                data = &data[end..];
+                                continue;
+                            }
+                            Parsed::Partial => {}
+                            Parsed::Refused => {
+                                self.state = State::Off;
+                                return;
+                            }
+                        }
                     }
                     let old = self.buf.len();
                     self.buf.extend_from_slice(data);
@@ -70,18 +83,13 @@ impl Framing {
                         }
                         return;
                     };
-                    match parse_head(&self.buf[..end]) {
-                        Some((both, next)) => {
-                            if both {
-                                conflict(self.heads);
-                            }
-                            self.heads += 1;
-                            self.state = next;
-                        }
-                        None => self.state = State::Off,
-                    }
-                    data = &data[end - old..];
+                    let parsed = match parse_head(&self.buf[..end]) {
+                        Parsed::Head(n, both, next) if n == end => Some((both, next)),
+                        _ => None,
+                    };
                     self.buf.clear();
+                    self.head(parsed, &mut conflict);
+                    data = &data[end - old..];
                 }
                 State::Body(left) | State::ChunkData(left) => {
                     let n = left.min(data.len() as u64);
@@ -113,6 +121,20 @@ impl Framing {
         }
     }
 
+    /// A complete head, parsed (`None`: hyper would refuse it).
+    fn head(&mut self, parsed: Option<(bool, State)>, conflict: &mut impl FnMut(u64)) {
+        match parsed {
+            Some((both, next)) => {
+                if both {
+                    conflict(self.heads);
+                }
+                self.heads += 1;
+                self.state = next;
+            }
+            None => self.state = State::Off,
+        }
+    }
+
     /// The next whole line (with its `\n`), taken from `data`; `None` while incomplete.
     fn line(&mut self, data: &mut &[u8]) -> Option<Vec<u8>> {
         match data.iter().position(|b| *b == b'\n') {
@@ -135,24 +157,36 @@ impl Framing {
 
 /// Where the blank line that ends a head ends, in `s`.
 fn head_end(s: &[u8]) -> Option<usize> {
-    s.iter()
-        .enumerate()
-        .find_map(|(i, b)| match (b, s.get(i + 1), s.get(i + 2)) {
-            (b'\n', Some(b'\n'), _) => Some(i + 2),
-            (b'\n', Some(b'\r'), Some(b'\n')) => Some(i + 3),
-            _ => None,
-        })
+    let mut from = 0;
+    while let Some(p) = s[from..].iter().position(|b| *b == b'\n') {
+        let at = from + p;
+        match (s.get(at + 1), s.get(at + 2)) {
+            (Some(b'\n'), _) => return Some(at + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(at + 3),
+            _ => from = at + 1,
+        }
+    }
+    None
 }
 
-/// A complete head: whether it carries both framing headers, and what follows it as
-/// hyper reads it. `None` when hyper would refuse it.
-fn parse_head(head: &[u8]) -> Option<(bool, State)> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
-        _ => return None,
-    }
+enum Parsed {
+    /// Its length, whether it carries both framing headers, what follows it.
+    Head(usize, bool, State),
+    Partial,
+    /// hyper would refuse it.
+    Refused,
+}
+
+/// The head at the start of `buf`, as hyper reads it.
+fn parse_head(buf: &[u8]) -> Parsed {
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let n = match req.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Refused,
+    };
     // As hyper: the last Transfer-Encoding line decides, and it ends in chunked.
     let mut chunked = None;
     let (mut has_cl, mut length) = (false, None);
@@ -163,23 +197,23 @@ fn parse_head(head: &[u8]) -> Option<(bool, State)> {
         } else if h.name.eq_ignore_ascii_case("content-length") {
             has_cl = true;
             if length.is_none() {
-                length = Some(
-                    std::str::from_utf8(h.value)
-                        .ok()?
-                        .trim()
-                        .parse::<u64>()
-                        .ok()?,
-                );
+                let Some(v) = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                else {
+                    return Parsed::Refused;
+                };
+                length = Some(v);
             }
         }
     }
     let next = match (chunked, length) {
         (Some(true), _) => State::ChunkSize,
-        (Some(false), _) => return None,
+        (Some(false), _) => return Parsed::Refused,
         (None, Some(n)) if n > 0 => State::Body(n),
         (None, _) => State::Head,
     };
-    Some((chunked.is_some() && has_cl, next))
+    Parsed::Head(n, chunked.is_some() && has_cl, next)
 }
 
 /// The size in a chunk-size line (hex digits, then whitespace or `;extensions`, CRLF).
