@@ -514,6 +514,18 @@ fn pipelined_requests_are_answered_in_order() {
     assert_problem(&r[1], 401);
     assert_eq!(r[2].json()["path"], "/public/3");
     assert_eq!(r[3].json()["path"], "/public/4");
+    // A request that cannot be parsed after a good one: its 400 is a problem too, and a
+    // CL+TE request after a good one is refused.
+    let bad = "GET /public HTTP/1.1\r\nNo colon\r\n\r\n";
+    let r = raw(&env, &[get("/public/5", false), bad.into()].concat());
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_problem(&r[1], 400);
+    let clte = "POST /public/7 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\
+                Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let r = raw(&env, &[get("/public/6", false), clte.into()].concat());
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!(r[0].json()["path"], "/public/6");
+    assert_problem(&r[1], 400);
 }
 
 // ---------------------------------------------------------------------------------------
