@@ -7,9 +7,14 @@
 //! stripping and injection. Bodies are hashed while streaming, never buffered.
 //!
 //! Special paths: `/slow?ms=N` (delay), `/bytes?n=N` (stream N pattern bytes, see
-//! [`pattern_byte`]), `/upload` (same JSON, body read in full), `/status?code=N`.
+//! [`pattern_byte`]), `/upload` (same JSON, body read in full), `/status?code=N`, and
+//! `/break?after=N&how=reset|stall|short&framing=length|chunked`: a 200 head, N pattern
+//! bytes, a pause, then a failure: `reset` closes the connection with a TCP reset,
+//! `short` closes it cleanly before the body is complete, `stall` sends nothing more (for
+//! up to a minute). With `framing=length` (the default) the head announces a
+//! `Content-Length` [`BREAK_MISSING`] bytes larger than what is sent; with `chunked` the
+//! terminating chunk never comes.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,7 +28,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::pki::CertPair;
-use super::serve::{self, Body, ConnInfo, Handler, TlsServer};
+use super::serve::{self, Body, BoxError, ConnInfo, Handler, TlsServer};
 
 /// Where the echo backend listens.
 #[derive(Debug, Clone)]
@@ -43,6 +48,13 @@ impl Default for EchoOptions {
 const MAX_SLOW_MS: u64 = 60_000;
 /// Chunk size for `/bytes`; small enough that a large answer really streams.
 const CHUNK: usize = 16 * 1024;
+/// Largest `after` honoured by `/break`.
+const MAX_BREAK_AFTER: u64 = 1 << 20;
+/// How many bytes more than it sends `/break` announces in its `Content-Length`.
+pub const BREAK_MISSING: u64 = 4096;
+/// How long `/break` waits after its first bytes before failing, so that the head and
+/// those bytes have gone out (and through a proxy) before the connection breaks.
+const BREAK_PAUSE: Duration = Duration::from_millis(300);
 
 /// A running echo backend.
 pub struct EchoBackend {
@@ -111,6 +123,7 @@ async fn handle(req: Request<Incoming>, info: Arc<ConnInfo>) -> Response<Body> {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             echo(req, &info, StatusCode::OK).await
         }
+        "/break" => break_after(&req, &info),
         "/status" => {
             let status = serve::query_param(&req, "code")
                 .and_then(|v| v.parse::<u16>().ok())
@@ -207,7 +220,7 @@ fn stream_pattern(n: u64) -> Response<Body> {
         let len = (n - offset).min(CHUNK as u64);
         let chunk: Vec<u8> = (offset..offset + len).map(pattern_byte).collect();
         Some((
-            Ok::<_, Infallible>(Frame::data(Bytes::from(chunk))),
+            Ok::<_, BoxError>(Frame::data(Bytes::from(chunk))),
             offset + len,
         ))
     });
@@ -216,6 +229,71 @@ fn stream_pattern(n: u64) -> Response<Body> {
         .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
         .header(hyper::header::CONTENT_LENGTH, n)
         .body(StreamBody::new(stream).boxed_unsync())
+        .expect("static response parts are valid")
+}
+
+/// How `/break` fails after its first bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Break {
+    Reset,
+    Stall,
+    Short,
+}
+
+/// `/break`: a 200 head and `after` pattern bytes, then the connection breaks (see the
+/// module docs). The failure is an error from the body stream, which makes hyper drop
+/// the connection without finishing the response.
+fn break_after(req: &Request<Incoming>, info: &ConnInfo) -> Response<Body> {
+    let after = serve::query_param(req, "after")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1024)
+        .min(MAX_BREAK_AFTER);
+    let how = match serve::query_param(req, "how").as_deref() {
+        Some("reset") => Break::Reset,
+        Some("stall") => Break::Stall,
+        _ => Break::Short,
+    };
+    let chunked = serve::query_param(req, "framing").as_deref() == Some("chunked");
+    let fd = info.fd;
+    let first = Bytes::from((0..after).map(pattern_byte).collect::<Vec<u8>>());
+    // Step 0: the first bytes; step 1: the pause and the failure; then nothing.
+    let stream = futures::stream::unfold(0u8, move |step| {
+        let first = first.clone();
+        async move {
+            match step {
+                0 => Some((Ok(Frame::data(first)), 1)),
+                1 => {
+                    tokio::time::sleep(BREAK_PAUSE).await;
+                    let why: BoxError = match how {
+                        Break::Stall => {
+                            tokio::time::sleep(Duration::from_millis(MAX_SLOW_MS)).await;
+                            "stalled for a minute".into()
+                        }
+                        Break::Reset => {
+                            if let Some(fd) = fd {
+                                // SAFETY: the body is polled by the task that owns the
+                                // connection, so its socket is open here.
+                                let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                                let _ =
+                                    socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
+                            }
+                            "reset on request".into()
+                        }
+                        Break::Short => "closed short on request".into(),
+                    };
+                    Some((Err(why), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    let mut resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(hyper::header::CONTENT_TYPE, "application/octet-stream");
+    if !chunked {
+        resp = resp.header(hyper::header::CONTENT_LENGTH, after + BREAK_MISSING);
+    }
+    resp.body(StreamBody::new(stream).boxed_unsync())
         .expect("static response parts are valid")
 }
 

@@ -30,9 +30,13 @@ use tokio_rustls::TlsAcceptor;
 
 use super::pki::CertPair;
 
+/// Why a dev server's streamed response body failed (hyper then aborts the response).
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Response body type of the dev servers: boxed so handlers can mix fixed and streamed
-/// bodies; not `Sync` because streamed bodies need not be.
-pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
+/// bodies; not `Sync` because streamed bodies need not be. A body that fails makes hyper
+/// abort the response (the echo backend's `/break`).
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// What the handler learns about the connection a request arrived on.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +44,9 @@ pub(crate) struct ConnInfo {
     pub peer: Option<SocketAddr>,
     /// DER of the client's end-entity certificate, when it presented one.
     pub client_cert: Option<CertificateDer<'static>>,
+    /// The connection's socket, valid while the connection is served (the echo
+    /// backend's `/break?how=reset` sets `SO_LINGER` 0 on it to close with a reset).
+    pub fd: Option<std::os::fd::RawFd>,
 }
 
 pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
@@ -137,6 +144,7 @@ async fn serve_conn(
     handler: Handler,
 ) {
     let _ = tcp.set_nodelay(true);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
     let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -147,6 +155,7 @@ async fn serve_conn(
     };
     let info = Arc::new(ConnInfo {
         peer: Some(peer),
+        fd: Some(fd),
         client_cert: tls
             .get_ref()
             .1
@@ -214,7 +223,11 @@ pub(crate) fn full(
     Response::builder()
         .status(status)
         .header(hyper::header::CONTENT_TYPE, content_type)
-        .body(Full::new(body.into()).boxed_unsync())
+        .body(
+            Full::new(body.into())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
         .expect("static response parts are valid")
 }
 

@@ -3,8 +3,9 @@
 //! HTTP/1.1 or h2 by ALPN with hyper, and enforces the SPEC section 7 timeouts:
 //!
 //! - a request head must arrive within `header_read_timeout_ms` of its first byte (of
-//!   the handshake, for the first request);
-//! - a connection with nothing in flight is closed after `idle_timeout_s` (h2: GOAWAY);
+//!   the handshake, for the first request; h2: only the first request is timed);
+//! - a connection with nothing in flight is closed after `idle_timeout_s` (h2: GOAWAY,
+//!   and closed anyway if the client does not end it within `header_read_timeout_ms`);
 //! - on drain, every connection finishes what it has in flight and closes.
 //!
 //! The timeouts are watched per connection from an activity record that the socket
@@ -29,6 +30,8 @@ use tokio_rustls::TlsAcceptor;
 use super::Shared;
 use crate::config::Limits;
 
+mod framing;
+
 /// One accepted connection, as the request path sees it.
 pub struct ConnInfo {
     pub peer: SocketAddr,
@@ -37,12 +40,30 @@ pub struct ConnInfo {
     pub activity: Activity,
     /// HSTS for responses hyper writes itself (see [`Watched`]).
     hsts: Option<http::HeaderValue>,
+    /// The index of the first request head that carried both `Content-Length` and
+    /// `Transfer-Encoding` (`u64::MAX`: none), which hyper's parser hides (see
+    /// [`framing`]).
+    framing_conflict: AtomicU64,
+}
+
+impl ConnInfo {
+    /// `Err` when the request being handled (HTTP/1.1) carried both `Content-Length`
+    /// and `Transfer-Encoding`: hyper kept the latter and dropped the former.
+    pub fn framing(&self) -> Result<(), &'static str> {
+        let started = self.activity.started.load(Ordering::Relaxed);
+        if started > 0 && self.framing_conflict.load(Ordering::Relaxed) == started - 1 {
+            return Err("a request may not carry both Content-Length and Transfer-Encoding");
+        }
+        Ok(())
+    }
 }
 
 /// When a connection last did what, for the timeouts (milliseconds since it opened).
 pub struct Activity {
     opened: Instant,
     inflight: AtomicU32,
+    /// Requests started on this connection.
+    started: AtomicU64,
     /// When the bytes of the next request head began to arrive (0: none pending).
     head_since: AtomicU64,
     /// When the last request ended (or the connection opened).
@@ -54,6 +75,7 @@ impl Activity {
         Activity {
             opened: Instant::now(),
             inflight: AtomicU32::new(0),
+            started: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             idle_since: AtomicU64::new(1),
         }
@@ -75,7 +97,13 @@ impl Activity {
     /// A request head is complete.
     pub fn request_started(&self) {
         self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Nothing in flight.
+    fn is_idle(&self) -> bool {
+        self.inflight.load(Ordering::Relaxed) == 0
     }
 
     /// A response is done (or abandoned).
@@ -100,7 +128,8 @@ impl Activity {
     fn check(&self, limits: &Limits, h2: bool) -> Result<Duration, &'static str> {
         let now = self.now();
         let head = self.head_since.load(Ordering::Relaxed);
-        if !h2 && head > 0 {
+        // h2 frames carry more than heads: only the first request's is timed there.
+        if head > 0 && (!h2 || self.started.load(Ordering::Relaxed) == 0) {
             let deadline = head + limits.header_read_timeout.as_millis() as u64;
             if now >= deadline {
                 return Err("request head not received within header_read_timeout_ms");
@@ -129,6 +158,8 @@ struct Watched<T> {
     conn: Arc<ConnInfo>,
     /// A replacement response not yet fully written.
     pending: Option<(bytes::Bytes, usize)>,
+    /// HTTP/1.1 request framing, followed to find what hyper hides (not for h2).
+    framing: Option<framing::Framing>,
 }
 
 impl<T: AsyncWrite + Unpin> Watched<T> {
@@ -220,10 +251,22 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.conn.activity.on_bytes();
+            this.conn.activity.on_bytes();
+            if let Some(f) = this.framing.as_mut() {
+                let conn = &this.conn;
+                f.feed(&buf.filled()[before..], |i| {
+                    let _ = conn.framing_conflict.compare_exchange(
+                        u64::MAX,
+                        i,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                });
+            }
         }
         r
     }
@@ -286,7 +329,9 @@ fn builder(limits: &Limits, h2: bool) -> auto::Builder<TokioExecutor> {
         .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024));
     b.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
+        // Above the limit, so that a header list over it reaches `handle` and gets the
+        // 431 problem (the h2 codec's own answer to a list over this is a bare 431).
+        .max_header_list_size(((limits.max_header_bytes * 2).max(16 * 1024)) as u32)
         .max_concurrent_streams(256)
         .max_pending_accept_reset_streams(64)
         .max_local_error_reset_streams(256);
@@ -362,15 +407,16 @@ async fn connection(
         h2,
         activity: Activity::new(),
         hsts: super::hsts(&shared.live.load()),
+        framing_conflict: AtomicU64::new(u64::MAX),
     });
     // The first request's head is timed from the end of the handshake.
-    if !h2 {
-        info.activity.head_since.store(1, Ordering::Relaxed);
-    }
+    info.activity.head_since.store(1, Ordering::Relaxed);
     let io = TokioIo::new(Watched {
         inner: stream,
         conn: info.clone(),
         pending: None,
+        // As much head as hyper buffers (see `builder`).
+        framing: (!h2).then(|| framing::Framing::new((limits.max_header_bytes * 2).max(16 * 1024))),
     });
     let svc_shared = shared.clone();
     let svc_info = info.clone();
@@ -384,8 +430,12 @@ async fn connection(
     // is closed. Closing an idle keep-alive connection at once would race a request the
     // client is sending on it at that instant.
     let mut draining = false;
-    let mut closing = false;
     let mut next = Duration::from_millis(1);
+    // A graceful h2 shutdown sends GOAWAY and a PING and waits for the PING's answer
+    // before it closes: a client that never answers would keep the connection for ever.
+    // So once closing, the connection is dropped when nothing is in flight and
+    // `header_read_timeout_ms` has passed since the GOAWAY.
+    let mut closing_since: Option<Instant> = None;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -397,24 +447,33 @@ async fn connection(
             _ = drain.changed(), if !draining => {
                 draining = true;
                 if h2 {
-                    closing = true;
+                    closing_since = Some(Instant::now());
                     conn.as_mut().graceful_shutdown();
                 } else {
                     next = Duration::from_millis(10);
                 }
             }
-            _ = tokio::time::sleep(next), if !closing => {
-                if draining && info.activity.idle_for() >= DRAIN_IDLE_CLOSE {
+            _ = tokio::time::sleep(next) => {
+                if draining && !h2 && info.activity.idle_for() >= DRAIN_IDLE_CLOSE {
                     return;
                 }
                 let limits = shared.live.load().rt.server.limits;
+                if let Some(since) = closing_since {
+                    let grace = limits.header_read_timeout;
+                    if info.activity.is_idle() && since.elapsed() >= grace {
+                        tracing::debug!(%peer, "closing: still open after the graceful shutdown");
+                        return;
+                    }
+                    next = grace.saturating_sub(since.elapsed()).max(Duration::from_millis(50));
+                    continue;
+                }
                 match info.activity.check(&limits, h2) {
                     Ok(d) if draining => next = d.min(Duration::from_millis(50)),
                     Ok(d) => next = d,
                     Err(why) => {
                         tracing::debug!(%peer, why, "closing the connection");
                         if h2 {
-                            closing = true;
+                            closing_since = Some(Instant::now());
                             conn.as_mut().graceful_shutdown();
                         } else {
                             return;

@@ -103,7 +103,10 @@ pub async fn handle(
             ),
         )));
     }
-    if let Err(why) = check_framing(&mut head.headers) {
+    if let Err(why) = conn
+        .framing()
+        .and_then(|()| check_framing(&mut head.headers))
+    {
         fin.request_id = headers::new_request_id();
         return Ok(fin.respond(&Problem::bad_request(why)));
     }
@@ -193,6 +196,8 @@ pub async fn handle(
                 }
                 let p = if timed_out {
                     Problem::gateway_timeout("the upstream did not answer in time")
+                } else if let upstream::SendError::TooManyInformational = e {
+                    Problem::bad_gateway("the upstream sent too many informational responses")
                 } else {
                     Problem::bad_gateway(
                         "the upstream refused the connection, failed TLS or closed it",

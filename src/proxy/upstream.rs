@@ -7,7 +7,7 @@
 //! picks the address per request and reuses that address's idle connections.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -117,9 +117,78 @@ impl UpstreamClient {
         ))?)
     }
 
-    /// Sends one request; the future resolves with the response head.
-    pub fn send(&self, req: http::Request<ReqBody>) -> hyper_util::client::legacy::ResponseFuture {
-        self.client.request(req)
+    /// Sends one request; the future resolves with the response head. More than
+    /// [`MAX_INFORMATIONAL`] informational responses before it (hyper skips them) fail
+    /// the request as soon as the one too many arrives.
+    pub async fn send(
+        &self,
+        mut req: http::Request<ReqBody>,
+    ) -> Result<http::Response<Incoming>, SendError> {
+        let seen = Arc::new(Informational::default());
+        let counter = seen.clone();
+        hyper::ext::on_informational(&mut req, move |_| counter.saw());
+        tokio::select! {
+            r = self.client.request(req) => {
+                let resp = r.map_err(SendError::Upstream)?;
+                if seen.count.load(Ordering::Relaxed) > MAX_INFORMATIONAL {
+                    return Err(SendError::TooManyInformational);
+                }
+                Ok(resp)
+            }
+            _ = seen.too_many.notified() => Err(SendError::TooManyInformational),
+        }
+    }
+}
+
+/// More informational (1xx) responses than this for one request: `502` (SPEC section 7).
+pub const MAX_INFORMATIONAL: usize = 10;
+
+/// The informational responses one request has seen.
+#[derive(Default)]
+struct Informational {
+    count: AtomicUsize,
+    too_many: tokio::sync::Notify,
+}
+
+impl Informational {
+    fn saw(&self) {
+        if self.count.fetch_add(1, Ordering::Relaxed) == MAX_INFORMATIONAL {
+            self.too_many.notify_one();
+        }
+    }
+}
+
+/// Why an upstream request has no response head.
+#[derive(Debug)]
+pub enum SendError {
+    Upstream(hyper_util::client::legacy::Error),
+    TooManyInformational,
+}
+
+impl SendError {
+    /// The connection could not be made (the address may be tried again).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Upstream(e) if e.is_connect())
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Upstream(e) => e.fmt(f),
+            SendError::TooManyInformational => {
+                write!(f, "more than {MAX_INFORMATIONAL} informational responses")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Upstream(e) => e.source(),
+            SendError::TooManyInformational => None,
+        }
     }
 }
 

@@ -430,6 +430,13 @@ pub struct Resp {
     pub body: Vec<u8>,
 }
 
+impl std::fmt::Debug for Resp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let body = String::from_utf8_lossy(&self.body);
+        write!(f, "{} {:?} {body}", self.status, self.headers)
+    }
+}
+
 impl Resp {
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
@@ -459,10 +466,8 @@ pub fn shared<T>(t: T) -> Arc<T> {
     Arc::new(t)
 }
 
-/// Sends raw bytes over TLS (HTTP/1.1) and returns the raw response text: for requests a
-/// well-behaved client would normalise (dot segments) or refuse to send.
-pub fn raw_request(env: &Env, request: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A TLS client trusting the dev CA, offering ALPN `alpn` (`http/1.1` or `h2`) only.
+pub fn tls_connector(env: &Env, alpn: &[u8]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for c in gatehouse::tls::parse_certs(env.pki.ca.cert_pem.as_bytes()).unwrap() {
         roots.add(c).unwrap();
@@ -474,12 +479,28 @@ pub fn raw_request(env: &Env, request: &str) -> String {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+/// A TLS connection to the gateway that negotiated ALPN `alpn`.
+pub async fn tls_connect(
+    env: &Env,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(env.https).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tls_connector(env, alpn).connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+    tls
+}
+
+/// Sends raw bytes over TLS (HTTP/1.1) and returns the raw response text: for requests a
+/// well-behaved client would normalise (dot segments) or refuse to send.
+pub fn raw_request(env: &Env, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     env.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(env.https).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let mut tls = tls_connect(env, b"http/1.1").await;
         tls.write_all(request.as_bytes()).await.unwrap();
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
