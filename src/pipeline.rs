@@ -109,6 +109,17 @@ fn host_of(head: &http::request::Parts) -> Result<Option<String>, Problem> {
 /// stripped headers); on `Ok` it is ready for [`forward_headers`].
 pub async fn admit(live: &Live, head: &mut http::request::Parts) -> Admission {
     let request_id = headers::request_id(head.headers.get("x-request-id").map(|v| v.as_bytes()));
+    admit_with_id(live, head, request_id).await
+}
+
+/// [`admit`] with the request id already chosen (the data plane chooses it first, so that
+/// its span carries the id in every log line the decision causes). Records the route in
+/// the current span.
+pub async fn admit_with_id(
+    live: &Live,
+    head: &mut http::request::Parts,
+    request_id: String,
+) -> Admission {
     let mut a = Admission {
         request_id,
         route: None,
@@ -124,6 +135,7 @@ pub async fn admit(live: &Live, head: &mut http::request::Parts) -> Admission {
         }
     };
     a.route = Some(route.clone());
+    tracing::Span::current().record("route", route.name.as_str());
     headers::strip(&mut head.headers, &live.rt.owned_headers);
     let mut all = head.headers.get_all(AUTHORIZATION).iter();
     let authz = all.next().map(|v| v.as_bytes());

@@ -609,12 +609,17 @@ impl KeyStore {
         st.in_flight = true;
         drop(st);
         let store = Arc::clone(self);
-        self.io.spawn(async move {
-            tracing::info!(issuer = %store.name, "unknown key id: refetching JWKS");
-            let _ = store.refresh_once().await;
-            store.refetch.lock().expect("not poisoned").in_flight = false;
-            store.refetched.send_modify(|g| *g += 1);
-        });
+        // In the span of the request that asked, so the fetch's log lines name it.
+        let span = tracing::Span::current();
+        self.io.spawn(tracing::Instrument::instrument(
+            async move {
+                tracing::info!(issuer = %store.name, "unknown key id: refetching JWKS");
+                let _ = store.refresh_once().await;
+                store.refetch.lock().expect("not poisoned").in_flight = false;
+                store.refetched.send_modify(|g| *g += 1);
+            },
+            span,
+        ));
         Refetch::Wait(rx)
     }
 

@@ -89,11 +89,7 @@ impl Finish {
     /// Takes over what the pipeline decided.
     pub fn admitted(&mut self, a: &Admission, head: &http::request::Parts) {
         self.request_id = a.request_id.clone();
-        self.span.record("request_id", self.request_id.as_str());
         self.path = head.uri.path().to_string();
-        if let Some(r) = &a.route {
-            self.span.record("route", r.name.as_str());
-        }
         self.route = a.route.clone();
         self.outcome = a.outcome.clone();
         self.caller = a.caller.clone();

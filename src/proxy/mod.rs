@@ -32,6 +32,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::{Body, Incoming};
+use tracing::Instrument;
 
 use crate::admin::metrics;
 use crate::audit::AuditLog;
@@ -110,7 +111,13 @@ pub async fn handle(
         fin.request_id = headers::new_request_id();
         return Ok(fin.respond(&Problem::bad_request(why)));
     }
-    let adm = pipeline::admit(&live, &mut head).await;
+    let request_id = headers::request_id(head.headers.get("x-request-id").map(|v| v.as_bytes()));
+    fin.span.record("request_id", request_id.as_str());
+    // Log lines the decision causes (token checks, JWKS fetches) carry the request's id
+    // and route.
+    let adm = pipeline::admit_with_id(&live, &mut head, request_id)
+        .instrument(fin.span.clone())
+        .await;
     fin.admitted(&adm, &head);
     if let (Some(route), Some(outcome)) = (&adm.route, &adm.outcome) {
         match outcome {
