@@ -62,7 +62,7 @@ pub struct Gatehouse {
     pub admin_addr: Option<SocketAddr>,
     pub redirect_addr: Option<SocketAddr>,
     bg: Option<tokio::runtime::Runtime>,
-    proxy: Option<tokio::runtime::Runtime>,
+    proxy: Option<ProxyThreads>,
     /// Stops accepting on the HTTPS listener (drain, upgrade, shutdown).
     stop_https: watch::Sender<bool>,
     /// Stops the admin and redirect listeners (upgrade, shutdown; not a drain, so that
@@ -85,6 +85,74 @@ fn exit_now() -> ! {
         h();
     }
     std::process::exit(0)
+}
+
+/// The data plane: `server.threads` threads, each with its own single-threaded tokio
+/// runtime accepting on the shared listening socket (thread per core, as nginx and
+/// HAProxy workers do). A connection stays on the thread that accepted it, so a request
+/// never crosses threads: no work stealing, no cross-thread wake-ups on the hot path.
+struct ProxyThreads {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    halt: watch::Sender<bool>,
+}
+
+impl ProxyThreads {
+    fn start(
+        n: usize,
+        listener: std::net::TcpListener,
+        tls: tokio_rustls::TlsAcceptor,
+        shared: Arc<Shared>,
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<ProxyThreads> {
+        let (halt, halt_rx) = watch::channel(false);
+        let limits = shared.live.load().rt.server.limits;
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start a proxy runtime")?;
+            let l = listener
+                .try_clone()
+                .context("cannot share the HTTPS listener")?;
+            let (tls, shared, stop, mut halt, slots) = (
+                tls.clone(),
+                shared.clone(),
+                stop.clone(),
+                halt_rx.clone(),
+                slots.clone(),
+            );
+            let t = std::thread::Builder::new()
+                .name(format!("gatehouse-proxy-{i}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => crate::proxy::conn::serve(l, tls, shared, stop, slots).await,
+                            Err(e) => tracing::error!(error = %e, "proxy thread cannot listen"),
+                        }
+                        // Accepting stopped (drain or upgrade); open connections go on as
+                        // tasks of this runtime until they end or the gateway halts.
+                        while !*halt.borrow() {
+                            if halt.changed().await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                })
+                .context("cannot start a proxy thread")?;
+            threads.push(t);
+        }
+        Ok(ProxyThreads { threads, halt })
+    }
+
+    /// Stops every proxy thread at once, dropping open connections.
+    fn halt(self) {
+        let _ = self.halt.send(true);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Signals that arrived before the tokio handlers existed (while the config loads).
@@ -249,23 +317,14 @@ impl Gatehouse {
             None => None,
         };
 
-        let proxy = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(rt.server.threads.max(1))
-            .thread_name("gatehouse-proxy")
-            .enable_all()
-            .build()
-            .context("cannot start the proxy runtime")?;
         let acceptor = crate::proxy::conn::tls_acceptor(cert.clone(), rt.server.tls_min)?;
-        let https = {
-            let _rt = proxy.enter();
-            tokio::net::TcpListener::from_std(https)?
-        };
-        proxy.spawn(crate::proxy::conn::serve(
+        let proxy = ProxyThreads::start(
+            rt.server.threads.max(1),
             https,
             acceptor,
             shared.clone(),
             stop_https_rx,
-        ));
+        )?;
 
         bg.block_on(auth.wait_ready(opts.wait_ready));
         let eco = eco.map(|mut e| {
@@ -339,7 +398,7 @@ impl Gatehouse {
         let _ = self.stop_https.send(true);
         let _ = self.stop_plain.send(true);
         if let Some(proxy) = self.proxy.take() {
-            proxy.shutdown_timeout(Duration::from_secs(1));
+            proxy.halt();
         }
         if let Some(bg) = &self.bg {
             let audit = self.shared.audit.clone();

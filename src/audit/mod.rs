@@ -57,6 +57,8 @@ const CHANNEL_CAPACITY: usize = 8192;
 const MAX_PENDING: usize = 100_000;
 /// Messages taken from the channel before writing, so a burst cannot starve the timer.
 const DRAIN_MAX: usize = 4096;
+/// How long the writer lets lines gather before a write (at most this late on disk).
+const COALESCE: Duration = Duration::from_millis(5);
 /// Upper bound of one write(2).
 const BATCH_BYTES: usize = 64 * 1024;
 /// Retry (and day-change check) period.
@@ -189,7 +191,8 @@ fn utc_day(ts: &str) -> NaiveDate {
 }
 
 enum Msg {
-    Line(Line),
+    /// Serialised by the writer task, not on the request's thread.
+    Record(Box<AuditRecord>),
     /// Travels in the same channel as lines, so it is answered after every earlier line.
     Flush(oneshot::Sender<()>),
 }
@@ -259,8 +262,13 @@ impl AuditLog {
     /// Queues one record. Waits for room when the writer is behind: lines are never
     /// dropped silently.
     pub async fn write(&self, rec: AuditRecord) {
-        let line = Line::from_record(rec);
-        if self.inner.tx.send(Msg::Line(line)).await.is_err() {
+        if self
+            .inner
+            .tx
+            .send(Msg::Record(Box::new(rec)))
+            .await
+            .is_err()
+        {
             // Only after the io runtime shut down; loud, since the line is gone.
             AUDIT_WRITE_ERRORS.inc();
             tracing::error!("audit writer is not running; an audit record was not written");
@@ -270,8 +278,8 @@ impl AuditLog {
     /// Queues one record from synchronous code (the end of a response body). When the
     /// queue is full the record waits in a task for room: never dropped silently.
     pub fn write_now(&self, rec: AuditRecord) {
-        let line = Line::from_record(rec);
-        match self.inner.tx.try_send(Msg::Line(line)) {
+        // Serialised by the writer, off the request's thread.
+        match self.inner.tx.try_send(Msg::Record(Box::new(rec))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(msg)) => {
                 let tx = self.inner.tx.clone();
@@ -560,6 +568,13 @@ impl Writer {
                 msg = rx.recv(), if self.pending.len() < MAX_PENDING => {
                     let Some(msg) = msg else { break };
                     self.take(msg, &mut acks);
+                    // Under load, let lines gather for a moment so that many go out in
+                    // one write and request threads do not wake this task per line (a
+                    // sender only wakes a receiver that waits in `recv`). A flush is
+                    // answered at once.
+                    if acks.is_empty() && self.failures == 0 {
+                        tokio::time::sleep(COALESCE).await;
+                    }
                     // Take what else is queued so a burst becomes a few large writes.
                     for _ in 0..DRAIN_MAX {
                         if self.pending.len() >= MAX_PENDING {
@@ -603,7 +618,7 @@ impl Writer {
 
     fn take(&mut self, msg: Msg, acks: &mut Vec<oneshot::Sender<()>>) {
         match msg {
-            Msg::Line(line) => self.pending.push_back(line),
+            Msg::Record(rec) => self.pending.push_back(Line::from_record(*rec)),
             Msg::Flush(ack) => acks.push(ack),
         }
     }

@@ -345,9 +345,9 @@ pub async fn serve(
     tls: TlsAcceptor,
     shared: Arc<Shared>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    slots: Arc<tokio::sync::Semaphore>,
 ) {
     let limits = shared.live.load().rt.server.limits;
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let h1 = Arc::new(builder(&limits, false));
     let h2 = Arc::new(builder(&limits, true));
     loop {
