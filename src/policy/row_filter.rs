@@ -208,8 +208,13 @@ impl Template {
                         Placeholder::Sub => push_opt(&mut out, v.sub()),
                         Placeholder::ClientId => push_opt(&mut out, v.client_id()),
                         Placeholder::Issuer => push_opt(&mut out, Some(v.issuer())),
-                        // No roles is an empty value: deny rather than filter on nothing.
-                        Placeholder::Roles if v.roles().is_empty() => false,
+                        // No roles (or an empty role name) is an empty value: deny rather
+                        // than filter on nothing.
+                        Placeholder::Roles
+                            if v.roles().is_empty() || v.roles().iter().any(String::is_empty) =>
+                        {
+                            false
+                        }
                         Placeholder::Roles => {
                             push_list(&mut out, v.roles().iter().map(String::as_str));
                             true
@@ -476,6 +481,15 @@ mod tests {
         };
         assert_eq!(
             t.render(&none),
+            Err(RenderError::Missing(Placeholder::Roles))
+        );
+        let empty_name = V {
+            claims: json!({}),
+            roles: vec!["".into()],
+        };
+        let t = Template::parse("{roles}").unwrap();
+        assert_eq!(
+            t.render(&empty_name),
             Err(RenderError::Missing(Placeholder::Roles))
         );
     }
