@@ -46,7 +46,7 @@ for t in $targets; do
   # The first corpus folder receives new inputs; the committed seeds are read only.
   if (cd fuzz && cargo +nightly fuzz run "$t" "$work" "corpus/$t" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1) \
-        >"$logs/$t.log" 2>&1; then
+        </dev/null >"$logs/$t.log" 2>&1; then
     grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb)|Done [0-9]+ runs' \
       "$logs/$t.log" | sed "s/^/   /" || true
   else

@@ -232,7 +232,7 @@ impl<'a> Validator<'a> {
                 },
                 (None, Some(file)) => {
                     let p = self.path(file);
-                    match super::files::read_bounded(&p) {
+                    match super::files::read_secret_bounded(&p) {
                         Ok(mut v) => {
                             while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                                 v.pop();
