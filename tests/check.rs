@@ -712,8 +712,9 @@ defects! {
     jwks_file_is_a_device: [JWKS_FILE => "jwks_file = \"/dev/urandom\"\n"]
         key "issuers.corp.jwks_file" at "\"/dev/urandom\"",
         says ["not a regular file", "point it at a JWKS file"];
-    secret_file_is_a_device: [PSEUDONYM => "pseudonym_key = { file = \"/dev/urandom\" }"]
-        key "audit.pseudonym_key" at "{ file", says ["cannot read secret file", "character device"];
+    // A secret may come over a FIFO or a device (secret agents), but never more than 1 MiB.
+    secret_file_is_endless: [PSEUDONYM => "pseudonym_key = { file = \"/dev/urandom\" }"]
+        key "audit.pseudonym_key" at "{ file", says ["cannot read secret file", "larger than 1 MiB"];
 
     // Listeners and TLS.
     bad_listen_address: ["listen = \"127.0.0.1:8443\"" => "listen = \"localhost:8443x\""]

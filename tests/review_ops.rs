@@ -509,13 +509,26 @@ fn sigterm_after_raising_drain_timeout_by_sighup_uses_the_new_window() {
 
 // ---- signals, drain, exit codes -----------------------------------------------------------
 
-// FIXED: SIGHUP while `serve` is still loading the config (slow secret file / DNS of
-// upstream names) killed the process: handlers were installed only in Gatehouse::start.
-// `serve` now holds signals first thing (server::hold_early_signals; unit test
-// `early_signals_are_held_and_replayed` in src/server.rs). The end-to-end version of this
-// test held the load open with a FIFO as the pseudonym key file; a FIFO is now refused
-// as "not a regular file" (check and load), so that window cannot be held open
-// deterministically any more.
+// FIXED: SIGHUP while `serve` is still loading the config (slow secret file / DNS of upstream names) kills the process: handlers are installed only in Gatehouse::start, after two full config loads in main.rs.
+#[test]
+fn sighup_while_loading_the_config_does_not_kill_serve() {
+    let env = env_with(false);
+    let key = env.dir.path().join("pseudonym.key");
+    std::fs::remove_file(&key).unwrap();
+    // A FIFO holds the config load open (stands in for a slow DNS lookup or a slow
+    // network file system) so that the signal lands deterministically in that window.
+    let c = std::ffi::CString::new(key.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut p = Proc::serve(&env, "hup-early");
+    std::thread::sleep(Duration::from_millis(700));
+    p.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    let exited = p.wait_exit(Duration::from_millis(100));
+    assert!(
+        exited.is_none(),
+        "SIGHUP during start-up killed serve: {exited:?}"
+    );
+}
 
 // FIXED: /readyz keeps answering 200 "ready" while the process drains after SIGTERM (Envoy answers 503 DRAINING), so probes keep routing to a gateway that no longer accepts.
 #[test]

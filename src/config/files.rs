@@ -1,7 +1,8 @@
 //! Reading the files gatehouse must read (the config itself, certificates, keys, CA
-//! bundles, JWKS files, secret files) with a size bound: a path pointing at a device
-//! (`/dev/urandom`), a FIFO, a directory or a runaway file must fail with a message, not
-//! make `check` (or a reload) read forever or exhaust memory.
+//! bundles, JWKS files; secret files with [`read_secret_bounded`]) with a size bound: a
+//! path pointing at a device (`/dev/urandom`), a FIFO, a directory or a runaway file
+//! must fail with a message, not make `check` (or a reload) read forever or exhaust
+//! memory.
 //!
 //! The file is opened without blocking (a FIFO would otherwise wait for a writer), the
 //! opened handle is checked (so a path swapped between a check and the open changes
@@ -92,6 +93,23 @@ pub fn read_bounded_max(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
     Ok(out)
 }
 
+/// Reads at most [`MAX_FILE_BYTES`] of a secret file (`{ file = "..." }`), whatever
+/// kind of file it is: a secret agent may hand a secret over a FIFO or a device, so the
+/// open blocks as a plain read would and no file type is refused, but more than 1 MiB is
+/// (`/dev/urandom` fails at once instead of being read forever).
+pub fn read_secret_bounded(path: &Path) -> Result<Vec<u8>, ReadError> {
+    let file = File::open(path).map_err(ReadError::Io)?;
+    let mut out = Vec::new();
+    (&file as &File)
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(ReadError::Io)?;
+    if out.len() as u64 > MAX_FILE_BYTES {
+        return Err(ReadError::TooLarge(MAX_FILE_BYTES));
+    }
+    Ok(out)
+}
+
 /// Line and column (1-based, the column in characters) of byte `offset` of `text`
 /// (a char boundary; clamped to the text).
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -173,6 +191,19 @@ mod tests {
         assert!(read_bounded(&p).is_ok());
         std::fs::write(&p, vec![b'a'; MAX_FILE_BYTES as usize + 1]).unwrap();
         assert!(err(&p).contains("larger than 1 MiB"));
+    }
+
+    #[test]
+    fn secrets_are_bounded_but_may_be_any_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.key");
+        std::fs::write(&p, b"k").unwrap();
+        assert_eq!(read_secret_bounded(&p).unwrap(), b"k");
+        assert!(matches!(
+            read_secret_bounded(Path::new("/dev/urandom")),
+            Err(ReadError::TooLarge(_))
+        ));
+        assert_eq!(read_secret_bounded(Path::new("/dev/null")).unwrap(), b"");
     }
 
     #[test]

@@ -310,7 +310,7 @@ pub fn cell(rt: &Runtime, route: &Route, role: Option<&str>, access: Access) -> 
         }
         Err(err) => {
             // With scopes, MFA and claims supplied, only the role can be missing, or a
-            // row filter that renders empty for this role (`{roles}` with none).
+            // row filter made of `{roles}` alone renders empty for a caller without roles.
             debug_assert!(
                 matches!(
                     err.reason,

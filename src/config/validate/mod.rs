@@ -82,7 +82,14 @@ pub fn load(path: &Path) -> Result<Runtime, ConfigErrors> {
             message: format!("cannot read the config file: {e}"),
         }])
     })?;
-    let src = super::files::utf8(&bytes).map_err(|(line, col)| {
+    load_bytes(path, &bytes)
+}
+
+/// Validates config file contents as if read from `path` (relative paths resolve next to
+/// it): bytes that are not UTF-8 are an error at the first bad one, then [`load_str`].
+/// Public so the whole loader can be fuzzed without a file.
+pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<Runtime, ConfigErrors> {
+    let src = super::files::utf8(bytes).map_err(|(line, col)| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
             line,
@@ -224,7 +231,7 @@ impl<'a> Validator<'a> {
                 },
                 (None, Some(file)) => {
                     let p = self.path(file);
-                    match super::files::read_bounded(&p) {
+                    match super::files::read_secret_bounded(&p) {
                         Ok(mut v) => {
                             while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                                 v.pop();
