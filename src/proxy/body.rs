@@ -78,7 +78,9 @@ impl Finish {
             status: 0,
             upstream: None,
             upstream_status: None,
-            span: tracing::info_span!(
+            // Debug level: with the default filter the span is never created (no
+            // per-request registry work); warnings name request_id and route themselves.
+            span: tracing::debug_span!(
                 "request",
                 request_id = tracing::field::Empty,
                 route = tracing::field::Empty
@@ -93,6 +95,14 @@ impl Finish {
         self.route = a.route.clone();
         self.outcome = a.outcome.clone();
         self.caller = a.caller.clone();
+    }
+
+    /// The route's name for log lines (`_none` before routing).
+    pub fn route_name(&self) -> &str {
+        self.route
+            .as_ref()
+            .map(|r| r.name.as_str())
+            .unwrap_or("_none")
     }
 
     pub fn upstream_started(&mut self, up: Arc<UpstreamClient>) {
@@ -295,7 +305,7 @@ impl Body for ProxyBody {
                         Poll::Ready(Some(Ok(f)))
                     }
                     Poll::Ready(Some(Err(e))) => {
-                        tracing::warn!(parent: &r.fin.span, error = %e, "upstream failed mid-body; aborting the response");
+                        tracing::warn!(parent: &r.fin.span, request_id = %r.fin.request_id, route = r.fin.route_name(), error = %e, "upstream failed mid-body; aborting the response");
                         r.fin.failed(502);
                         Poll::Ready(Some(Err(Box::new(RelayError::Upstream(e)))))
                     }
@@ -306,7 +316,7 @@ impl Body for ProxyBody {
                             .sleep
                             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                         if s.as_mut().poll(cx).is_ready() {
-                            tracing::warn!(parent: &r.fin.span, "upstream stalled mid-body; aborting the response");
+                            tracing::warn!(parent: &r.fin.span, request_id = %r.fin.request_id, route = r.fin.route_name(), "upstream stalled mid-body; aborting the response");
                             r.fin.failed(504);
                             return Poll::Ready(Some(Err(Box::new(RelayError::Timeout))));
                         }

@@ -194,12 +194,12 @@ pub async fn handle(
                 let timed_out = caused_by_timeout(&e);
                 if e.is_connect() {
                     up.mark_down(idx);
-                    tracing::warn!(parent: &fin.span, upstream = %up.upstream.name, addr = %up.addr(idx), error = %error_chain(&e), "upstream connection failed");
+                    tracing::warn!(parent: &fin.span, request_id = %fin.request_id, route = fin.route_name(), upstream = %up.upstream.name, addr = %up.addr(idx), error = %error_chain(&e), "upstream connection failed");
                     if !last_try {
                         continue;
                     }
                 } else {
-                    tracing::warn!(parent: &fin.span, upstream = %up.upstream.name, addr = %up.addr(idx), error = %error_chain(&e), "upstream request failed");
+                    tracing::warn!(parent: &fin.span, request_id = %fin.request_id, route = fin.route_name(), upstream = %up.upstream.name, addr = %up.addr(idx), error = %error_chain(&e), "upstream request failed");
                 }
                 let p = if timed_out {
                     Problem::gateway_timeout("the upstream did not answer in time")
@@ -214,7 +214,7 @@ pub async fn handle(
                 return Ok(fin.respond(&p));
             }
             Err(_) => {
-                tracing::warn!(parent: &fin.span, upstream = %up.upstream.name, addr = %up.addr(idx), "upstream timed out before its response head");
+                tracing::warn!(parent: &fin.span, request_id = %fin.request_id, route = fin.route_name(), upstream = %up.upstream.name, addr = %up.addr(idx), "upstream timed out before its response head");
                 let p = Problem::gateway_timeout("the upstream did not answer in time");
                 fin.upstream_status = Some(p.status);
                 return Ok(fin.respond(&p));
