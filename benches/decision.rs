@@ -161,6 +161,7 @@ fn bench(c: &mut Criterion) {
                     &o,
                     &a.request_id,
                     client_ip,
+                    &f.live.rt.server.trusted_proxies,
                 );
             },
             criterion::BatchSize::SmallInput,

@@ -160,16 +160,19 @@ pub async fn admit_with_id(
 
 /// Sets what the backend receives on an admitted request: `Authorization` removed unless
 /// the route forwards it, the decision's identity and row-filter headers,
-/// `X-Forwarded-For` (the client's address, replacing any sent), `X-Forwarded-Proto`,
-/// `X-Request-Id`, and `Host` from the authority when the client sent none (h2).
+/// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Id`, and `Host` from the authority
+/// when the client sent none (h2). Returns the client address gatehouse decided on (for
+/// logs; see [`forwarded_for`]).
+#[allow(clippy::too_many_arguments)]
 pub fn forward_headers(
     headers: &mut HeaderMap,
     uri: &http::Uri,
     route: &Route,
     outcome: &Outcome,
     request_id: &str,
-    client_ip: IpAddr,
-) {
+    peer: IpAddr,
+    trusted: &[ipnet::IpNet],
+) -> IpAddr {
     if !route.forward_token {
         headers.remove(AUTHORIZATION);
     }
@@ -178,10 +181,8 @@ pub fn forward_headers(
             headers.insert(name.clone(), value.clone());
         }
     }
-    headers.insert(
-        "x-forwarded-for",
-        HeaderValue::from_str(&client_ip.to_string()).expect("an IP address is a valid value"),
-    );
+    let (chain, client) = forwarded_for(headers, peer, trusted);
+    headers.insert("x-forwarded-for", chain);
     headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert("x-request-id", v);
@@ -194,6 +195,51 @@ pub fn forward_headers(
             headers.insert(HOST, v);
         }
     }
+    client
+}
+
+/// The `X-Forwarded-For` to send and the client's address. From a peer in `trusted`
+/// (a load balancer), the received chain is kept and the peer appended, and the client is
+/// the right-most address of the chain not in `trusted`; from any other peer the chain is
+/// replaced by the peer, which is the client. An entry that is not an IP address ends the
+/// walk: the address to its right is the client (a spoofed chain cannot name someone else
+/// past a trusted hop).
+pub fn forwarded_for(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    trusted: &[ipnet::IpNet],
+) -> (HeaderValue, IpAddr) {
+    let own = || HeaderValue::from_str(&peer.to_string()).expect("an IP address is a valid value");
+    if !trusted.iter().any(|n| n.contains(&peer)) {
+        return (own(), peer);
+    }
+    let received: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    let mut client = peer;
+    for entry in received.iter().rev() {
+        match entry.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !trusted.iter().any(|n| n.contains(&ip)) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let mut chain = received.join(", ");
+    if !chain.is_empty() {
+        chain.push_str(", ");
+    }
+    chain.push_str(&peer.to_string());
+    let value = HeaderValue::from_str(&chain).unwrap_or_else(|_| own());
+    (value, client)
 }
 
 #[cfg(test)]
@@ -206,6 +252,42 @@ mod tests {
             b = b.header(HOST, h);
         }
         b.body(()).unwrap().into_parts().0
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_replaced_unless_the_peer_is_trusted() {
+        let lb: IpAddr = "10.0.0.5".parse().unwrap();
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        // An untrusted peer: its chain is a lie, replaced by the peer.
+        let (v, c) = forwarded_for(&xff(&["1.2.3.4"]), "192.0.2.9".parse().unwrap(), &trusted);
+        assert_eq!(
+            (v.to_str().unwrap(), c.to_string().as_str()),
+            ("192.0.2.9", "192.0.2.9")
+        );
+        // A trusted load balancer: appended; the client is the right-most untrusted hop.
+        let (v, c) = forwarded_for(&xff(&["6.6.6.6, 198.51.100.7", "10.1.1.1"]), lb, &trusted);
+        assert_eq!(v, "6.6.6.6, 198.51.100.7, 10.1.1.1, 10.0.0.5");
+        assert_eq!(
+            c.to_string(),
+            "198.51.100.7",
+            "a spoofed left part names no one"
+        );
+        // Nothing received: the peer alone; every hop trusted: the left-most.
+        let (v, c) = forwarded_for(&HeaderMap::new(), lb, &trusted);
+        assert_eq!((v.to_str().unwrap(), c), ("10.0.0.5", lb));
+        let (_, c) = forwarded_for(&xff(&["10.9.9.9"]), lb, &trusted);
+        assert_eq!(c.to_string(), "10.9.9.9");
+        // Garbage ends the walk at the hop to its right.
+        let (_, c) = forwarded_for(&xff(&["203.0.113.1, evil, 10.2.2.2"]), lb, &trusted);
+        assert_eq!(c.to_string(), "10.2.2.2");
     }
 
     #[test]

@@ -463,6 +463,8 @@ defects! {
         says ["gatehouse strips it", "pick another name"];
 
     // Bounds.
+    trusted_proxy_not_a_cidr: ["threads = 2" => "threads = 2\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"]"]
+        key "server.trusted_proxies[1]" at "\"10.0.0.0/33\"", says ["not a CIDR", "10.0.0.0/8"];
     leeway_over_300_seconds: ["leeway_s = 30\n" => "leeway_s = 301\n"]
         key "issuers.corp.leeway_s" at "301", says ["maximum of 300 seconds", "lower it"];
     threads_over_1024: ["threads = 2" => "threads = 1025"]

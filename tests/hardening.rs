@@ -235,3 +235,40 @@ value = "tenant={claims.tenant}"
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// `X-Forwarded-For` from a trusted proxy (here the test client's own address) is kept and
+/// extended; from anyone else it is replaced (SPEC section 3 step 7).
+#[test]
+fn forwarded_for_is_extended_only_from_trusted_proxies() {
+    let trusting = Env::with(EnvOptions {
+        server_extra: "trusted_proxies = [\"127.0.0.0/8\"]\n".into(),
+        ..EnvOptions::default()
+    });
+    let r = trusting.send(
+        reqwest::Method::GET,
+        "/public/x",
+        None,
+        &[("x-forwarded-for", "198.51.100.7, 10.1.1.1")],
+        None,
+        false,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.echoed("x-forwarded-for"),
+        ["198.51.100.7, 10.1.1.1, 127.0.0.1"]
+    );
+    let plain = Env::start();
+    let r = plain.send(
+        reqwest::Method::GET,
+        "/public/x",
+        None,
+        &[("x-forwarded-for", "198.51.100.7")],
+        None,
+        false,
+    );
+    assert_eq!(
+        r.echoed("x-forwarded-for"),
+        ["127.0.0.1"],
+        "a spoofed chain is replaced"
+    );
+}

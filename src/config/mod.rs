@@ -73,6 +73,8 @@ pub struct ServerSettings {
     /// Worker threads, already resolved (0 in the file = one per core).
     pub threads: usize,
     pub drain_timeout_s: u64,
+    /// Peers whose `X-Forwarded-For` chain is extended instead of replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Protocol limits (SPEC section 7).
     pub limits: Limits,
 }

@@ -53,6 +53,8 @@ pub struct RawServer {
     pub idle_timeout_s: Option<S<u64>>,
     #[serde(default)]
     pub max_header_bytes: Option<S<u64>>,
+    #[serde(default)]
+    pub trusted_proxies: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -50,6 +50,9 @@ pub struct Finish {
     pub status: u16,
     upstream: Option<(Arc<UpstreamClient>, Instant)>,
     pub upstream_status: Option<u16>,
+    /// The client address gatehouse decided on (the peer, or from a trusted proxy's
+    /// `X-Forwarded-For`): logs carry it, the audit line does not (personal data).
+    pub client: std::net::IpAddr,
     /// One span per request: log lines about it carry `request_id` and `route`.
     pub span: tracing::Span,
 }
@@ -64,6 +67,7 @@ impl Finish {
     ) -> Self {
         shared.inflight.fetch_add(1, Ordering::AcqRel);
         conn.activity.request_started();
+        let peer = conn.peer.ip();
         Finish {
             shared,
             live,
@@ -78,6 +82,7 @@ impl Finish {
             status: 0,
             upstream: None,
             upstream_status: None,
+            client: peer,
             // Debug level: with the default filter the span is never created (no
             // per-request registry work); warnings name request_id and route themselves.
             span: tracing::debug_span!(
@@ -240,7 +245,7 @@ impl Drop for Finish {
             Some(Outcome::Public) => "public",
             None => "",
         };
-        tracing::debug!(parent: &self.span, status = self.status, method, decision, reason, duration_ms = elapsed.as_millis() as u64, "request done");
+        tracing::debug!(parent: &self.span, status = self.status, method, decision, reason, client = %self.client, duration_ms = elapsed.as_millis() as u64, "request done");
         if let Some(r) = &self.route {
             let rec = self.audit_record(r);
             self.shared.audit.write_now(rec);

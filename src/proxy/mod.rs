@@ -143,13 +143,14 @@ pub async fn handle(
         return Ok(fin.respond(&Problem::internal("the route names no known upstream")));
     };
     headers::remove_hop_by_hop(&mut head.headers);
-    pipeline::forward_headers(
+    fin.client = pipeline::forward_headers(
         &mut head.headers,
         &head.uri,
         &route,
         &outcome,
         &adm.request_id,
         conn.peer.ip(),
+        &live.rt.server.trusted_proxies,
     );
     let pq = head
         .uri

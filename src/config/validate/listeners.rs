@@ -93,6 +93,27 @@ impl Validator<'_> {
             }
             Some(d) => *d.get_ref(),
         };
+        let mut trusted_proxies = Vec::new();
+        if let Some(list) = &r.trusted_proxies {
+            for (i, c) in list.get_ref().iter().enumerate() {
+                let text = c.get_ref().trim();
+                // A bare address is its own /32 or /128.
+                let net = text
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+                match net {
+                    Ok(n) => trusted_proxies.push(n.trunc()),
+                    Err(_) => self.err(
+                        c.span(),
+                        format!("server.trusted_proxies[{i}]"),
+                        format!(
+                            "{:?} is not a CIDR; write an address block such as \"10.0.0.0/8\" or \"2001:db8::/32\"",
+                            c.get_ref()
+                        ),
+                    ),
+                }
+            }
+        }
         let d = crate::config::Limits::default();
         let limits = crate::config::Limits {
             max_connections: self.bounded(
@@ -134,6 +155,7 @@ impl Validator<'_> {
             hsts_max_age_s: r.hsts_max_age_s.unwrap_or(31_536_000),
             threads,
             drain_timeout_s,
+            trusted_proxies,
             limits,
         })
     }
