@@ -23,6 +23,8 @@ pub struct Live {
     /// Metric handles per route (by `Route::index`), and for requests that matched none.
     pub route_metrics: Vec<crate::admin::metrics::RouteMetrics>,
     pub unrouted_metrics: crate::admin::metrics::RouteMetrics,
+    /// `Strict-Transport-Security: max-age=N` for this config, `None` when off.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 /// What the gate decided for one request.
@@ -39,6 +41,10 @@ impl Live {
         let cache = DecisionCache::new(rt.cache.max_entries, rt.cache.ttl_s);
         let upstreams = crate::proxy::upstream::clients(&rt.upstreams);
         debug_assert!(rt.routes.iter().enumerate().all(|(i, r)| r.index == i));
+        let hsts = (rt.server.hsts_max_age_s > 0).then(|| {
+            http::HeaderValue::from_str(&format!("max-age={}", rt.server.hsts_max_age_s))
+                .expect("digits are a valid value")
+        });
         let route_metrics = rt
             .routes
             .iter()
@@ -52,6 +58,7 @@ impl Live {
             upstreams,
             route_metrics,
             unrouted_metrics: crate::admin::metrics::RouteMetrics::new("_none"),
+            hsts,
         }
     }
 

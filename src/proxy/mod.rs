@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Empty};
+use http_body_util::{Either, Empty};
 use hyper::body::{Body, Incoming};
 use tracing::Instrument;
 
@@ -258,12 +258,9 @@ fn relay(
     Response::from_parts(parts, ProxyBody::relay(body, read_timeout, fin))
 }
 
-/// `Strict-Transport-Security` for this config, if on.
+/// `Strict-Transport-Security` for this config, if on (rendered once per loaded config).
 pub fn hsts(live: &Live) -> Option<HeaderValue> {
-    let max_age = live.rt.server.hsts_max_age_s;
-    (max_age > 0).then(|| {
-        HeaderValue::from_str(&format!("max-age={max_age}")).expect("digits are a valid value")
-    })
+    live.hsts.clone()
 }
 
 /// The request head's size as received, near enough: request line plus each header
@@ -308,16 +305,20 @@ fn check_framing(h: &mut http::HeaderMap) -> Result<(), &'static str> {
             return Err("the only Transfer-Encoding accepted is chunked");
         }
     }
-    let cls: Vec<HeaderValue> = h
-        .get_all(http::header::CONTENT_LENGTH)
-        .iter()
-        .cloned()
-        .collect();
-    if cls.len() > 1 {
-        if cls.iter().any(|v| v != cls[0]) {
-            return Err("the request carries differing Content-Length values");
+    let all = h.get_all(http::header::CONTENT_LENGTH);
+    let mut cls = all.iter();
+    if let Some(first) = cls.next() {
+        let mut repeated = false;
+        for v in cls {
+            if v != first {
+                return Err("the request carries differing Content-Length values");
+            }
+            repeated = true;
         }
-        h.insert(http::header::CONTENT_LENGTH, cls[0].clone());
+        if repeated {
+            let first = first.clone();
+            h.insert(http::header::CONTENT_LENGTH, first);
+        }
     }
     Ok(())
 }
@@ -348,11 +349,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = err.source();
     }
     s
-}
-
-/// Drains and drops a request body we will not forward (keeps the connection usable).
-pub async fn discard(body: Incoming) {
-    let _ = body.collect().await;
 }
 
 #[cfg(test)]
