@@ -45,7 +45,7 @@ fn bench(c: &mut Criterion) {
                             log.pseudonymizer()
                                 .subject("https://idp.example/tenant", "alice"),
                         );
-                        rec.roles = vec!["data-steward".into()];
+                        rec.roles = vec!["data-steward".into()].into();
                         rec.status = 200;
                         rec.upstream = Some("orders".into());
                         rec.duration_ms = 1;

@@ -81,7 +81,7 @@ pub struct AuditRecord {
     /// [`Pseudonymizer::subject`]; `None` on public routes.
     pub subject: Option<String>,
     pub client_id: Option<String>,
-    pub roles: Vec<String>,
+    pub roles: Arc<[String]>,
     pub status: u16,
     pub upstream: Option<String>,
     pub duration_ms: u64,
@@ -106,7 +106,7 @@ impl AuditRecord {
             reason: None,
             subject: None,
             client_id: None,
-            roles: Vec::new(),
+            roles: Arc::from([]),
             status: 0,
             upstream: None,
             duration_ms: 0,

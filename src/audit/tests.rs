@@ -48,7 +48,7 @@ fn allow_deny_public_records_have_exactly_the_spec_fields() {
         decision: "allow",
         subject: Some("ab".repeat(32)),
         client_id: Some("billing-sync".into()),
-        roles: vec!["integration".into(), "data-steward".into()],
+        roles: vec!["integration".into(), "data-steward".into()].into(),
         status: 200,
         upstream: Some("orders".into()),
         duration_ms: 12,
@@ -67,14 +67,14 @@ fn allow_deny_public_records_have_exactly_the_spec_fields() {
         .text
         .starts_with(r#"{"ts":"#));
 
-    let (client_id, roles, upstream) = (None, vec![], None);
+    let (client_id, roles, upstream) = (None, Vec::<String>::new(), None);
     let reason = Some("insufficient_role");
     let (status, duration_ms) = (403, 1);
     let deny = AuditRecord {
         decision: "deny",
         reason,
         client_id,
-        roles,
+        roles: roles.into(),
         status,
         upstream,
         duration_ms,

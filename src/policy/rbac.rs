@@ -5,6 +5,10 @@
 //! the token's groups ∪ roles whose `clients` list its client ID (docs/configuration.md, roles).
 //! Anything a route does not allow is denied.
 
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use indexmap::IndexMap;
 
@@ -66,8 +70,8 @@ pub struct Caller {
     pub iss: String,
     pub sub: Option<String>,
     pub client_id: Option<String>,
-    /// Sorted.
-    pub roles: Vec<String>,
+    /// Sorted; shared with the audit records of requests denied to this caller.
+    pub roles: Arc<[String]>,
 }
 
 impl Caller {
@@ -85,18 +89,23 @@ impl Caller {
 }
 
 /// An allowed request: who, and what to tell the backend.
+///
+/// One of these is kept per cached decision, so it is laid out to be small: every header
+/// value is a slice of one shared buffer (one allocation, and a clone per request is a
+/// reference count), the roles are shared with the audit records that name them, and no
+/// `Vec` keeps spare capacity. See docs/ARCHITECTURE.md, "Decision cache memory".
 #[derive(Clone, Debug)]
 pub struct Grant {
-    pub subject: Option<String>,
-    pub client_id: Option<String>,
+    pub subject: Option<Box<str>>,
+    pub client_id: Option<Box<str>>,
     /// The token's `iss`.
-    pub iss: String,
+    pub iss: Box<str>,
     /// Issuer config name.
-    pub issuer: String,
-    /// Sorted.
-    pub roles: Vec<String>,
+    pub issuer: Box<str>,
+    /// Sorted; shared with the audit records of requests this grant allows.
+    pub roles: Arc<[String]>,
     /// Identity and row-filter headers, values already encoded.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub headers: Box<[(HeaderName, HeaderValue)]>,
     /// Token expiry (Unix seconds), bounds the cache lifetime.
     pub exp: u64,
 }
@@ -126,10 +135,41 @@ impl Values for View<'_> {
     }
 }
 
-fn header_value(s: &str) -> HeaderValue {
-    // Every value is percent-encoded ASCII, so this cannot fail; fall back to empty
-    // rather than panic on the request path.
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+/// The header values of one grant, written into one buffer and cut into `HeaderValue`s
+/// that share it.
+struct HeaderBuf {
+    buf: Vec<u8>,
+    names: Vec<(HeaderName, Range<usize>)>,
+}
+
+impl HeaderBuf {
+    fn with_capacity(n: usize) -> Self {
+        HeaderBuf {
+            buf: Vec::with_capacity(64 * n),
+            names: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, name: HeaderName, value: &str) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(value.as_bytes());
+        self.names.push((name, start..self.buf.len()));
+    }
+
+    /// The headers; a value that is not a valid header value is returned as `Err(name)`
+    /// (never sent empty instead).
+    fn finish(self) -> Result<Box<[(HeaderName, HeaderValue)]>, HeaderName> {
+        // Copied into an allocation of exactly its size: the cache keeps it for minutes.
+        let shared = Bytes::copy_from_slice(&self.buf);
+        let mut out = Vec::with_capacity(self.names.len());
+        for (name, r) in self.names {
+            match HeaderValue::from_maybe_shared(shared.slice(r)) {
+                Ok(v) => out.push((name, v)),
+                Err(_) => return Err(name),
+            }
+        }
+        Ok(out.into_boxed_slice())
+    }
 }
 
 /// Decides one verified caller on one route. Checks in order: roles, scopes, MFA, then
@@ -170,45 +210,29 @@ pub fn decide(
             "this route needs a token from a multi-factor login (amr mfa, otp or hwk)",
         ));
     }
-    let mut headers = Vec::with_capacity(4 + route.row_filters.len());
+    let mut headers = HeaderBuf::with_capacity(4 + route.row_filters.len());
     if let Some(sub) = &id.sub {
-        headers.push((
-            HeaderName::from_static("x-auth-subject"),
-            header_value(&encode(sub)),
-        ));
+        headers.push(HeaderName::from_static("x-auth-subject"), &encode(sub));
     }
     if id.is_client {
         if let Some(c) = &id.client_id {
-            headers.push((
-                HeaderName::from_static("x-auth-client-id"),
-                header_value(&encode(c)),
-            ));
+            headers.push(HeaderName::from_static("x-auth-client-id"), &encode(c));
         }
     }
     let joined: Vec<String> = roles.iter().map(|r| encode(r)).collect();
-    headers.push((
-        HeaderName::from_static("x-auth-roles"),
-        header_value(&joined.join(",")),
-    ));
+    headers.push(HeaderName::from_static("x-auth-roles"), &joined.join(","));
     // Verbatim: `iss` matched a configured issuer exactly, and config accepts only https
     // URLs there, so a backend can compare it with its IdP's URL as is.
-    headers.push((
-        HeaderName::from_static("x-auth-issuer"),
-        header_value(&id.iss),
-    ));
+    headers.push(HeaderName::from_static("x-auth-issuer"), &id.iss);
     let view = View { id, roles: &roles };
     for f in &route.row_filters {
         if f.except_roles.iter().any(|r| roles.contains(r)) {
             continue;
         }
         // The renderer refuses empty and non-visible-ASCII values; the HeaderValue check
-        // is a second line, and it denies too (never an empty header instead).
-        let rendered = f
-            .template
-            .render(&view)
-            .and_then(|v| HeaderValue::from_str(&v).map_err(|_| RenderError::Invalid));
-        match rendered {
-            Ok(v) => headers.push((f.header.clone(), v)),
+        // in `finish` is a second line, and it denies too (never an empty header instead).
+        match f.template.render(&view) {
+            Ok(v) => headers.push(f.header.clone(), &v),
             Err(RenderError::Missing(ph)) => {
                 let what = RenderError::Missing(ph);
                 return Err(AuthError::new(
@@ -219,24 +243,133 @@ pub fn decide(
                     ),
                 ));
             }
-            Err(RenderError::Invalid) => {
-                return Err(AuthError::new(
-                    DenyReason::MissingClaim,
-                    format!(
-                        "the row filter {} did not render to a valid header value",
-                        f.header
-                    ),
-                ));
-            }
+            Err(RenderError::Invalid) => return Err(invalid_value(&f.header)),
         }
     }
+    let headers = headers.finish().map_err(|h| invalid_value(&h))?;
     Ok(Grant {
-        subject: id.sub.clone(),
-        client_id: id.client_id.clone(),
-        iss: id.iss.clone(),
-        issuer: id.issuer.clone(),
-        roles,
+        subject: id.sub.as_deref().map(Box::from),
+        client_id: id.client_id.as_deref().map(Box::from),
+        iss: id.iss.as_str().into(),
+        issuer: id.issuer.as_str().into(),
+        roles: roles.into(),
         headers,
         exp: id.exp,
     })
+}
+
+fn invalid_value(header: &HeaderName) -> AuthError {
+    AuthError::new(
+        DenyReason::MissingClaim,
+        format!("the row filter {header} did not render to a valid header value"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{IssuerSettings, KeySource};
+    use crate::policy::route::RowFilter;
+    use crate::policy::row_filter::Template;
+    use serde_json::json;
+
+    fn identity() -> Identity {
+        let s = IssuerSettings {
+            name: "corp".into(),
+            issuer: "https://idp".into(),
+            keys: KeySource::Discovery,
+            audiences: vec![],
+            algorithms: vec![],
+            leeway_s: 0,
+            ca_pem: None,
+            jwks_refresh_s: 600,
+            roles_claim: "roles".into(),
+            groups_claim: "groups".into(),
+            scopes_claim: "scope".into(),
+            client_id_claim: "client_id".into(),
+            introspection: None,
+        };
+        Identity::from_claims(
+            &s,
+            "https://idp".into(),
+            u64::MAX,
+            json!({"sub": "alice", "roles": ["reader", "auditor"], "region": "eu west"}),
+        )
+    }
+
+    fn route(filter: &str) -> Route {
+        Route {
+            index: 0,
+            name: "orders".into(),
+            host: None,
+            path_prefix: "/orders".into(),
+            methods: None,
+            upstream: "orders".into(),
+            issuers: None,
+            allow_roles: vec!["reader".into()],
+            require_scopes: vec![],
+            require_mfa: false,
+            forward_token: false,
+            auth: AuthMode::Required,
+            row_filters: vec![RowFilter {
+                header: HeaderName::from_static("x-row-filter"),
+                template: Template::parse(filter).unwrap(),
+                except_roles: vec![],
+            }],
+            line: 1,
+        }
+    }
+
+    /// A cached grant holds its header values in one allocation: each value starts where
+    /// the one before it ends (a value per allocation would cost ~100 bytes more per
+    /// header and cached token).
+    #[test]
+    fn grant_header_values_share_one_buffer() {
+        let g = decide(
+            &route("region={claims.region}"),
+            &identity(),
+            &IndexMap::new(),
+        )
+        .unwrap();
+        let names: Vec<&str> = g.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "x-auth-subject",
+                "x-auth-roles",
+                "x-auth-issuer",
+                "x-row-filter"
+            ]
+        );
+        let values: Vec<&[u8]> = g.headers.iter().map(|(_, v)| v.as_bytes()).collect();
+        assert_eq!(
+            values,
+            [
+                &b"alice"[..],
+                b"auditor,reader",
+                b"https://idp",
+                b"region=eu%20west"
+            ]
+        );
+        for w in values.windows(2) {
+            let end = w[0].as_ptr() as usize + w[0].len();
+            assert_eq!(
+                end,
+                w[1].as_ptr() as usize,
+                "values are adjacent in one buffer"
+            );
+        }
+        assert_eq!(&*g.roles, ["auditor".to_string(), "reader".to_string()]);
+    }
+
+    #[test]
+    fn a_row_filter_that_renders_no_value_denies() {
+        let e = decide(
+            &route("region={claims.nowhere}"),
+            &identity(),
+            &IndexMap::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.reason, DenyReason::MissingClaim);
+    }
 }

@@ -187,12 +187,12 @@ impl Finish {
         rec.status = self.status;
         rec.duration_ms = self.start.elapsed().as_millis() as u64;
         let p = self.shared.audit.pseudonymizer();
-        let who = |iss: &str, sub: Option<&String>| sub.map(|s| p.subject(iss, s));
+        let who = |iss: &str, sub: Option<&str>| sub.map(|s| p.subject(iss, s));
         match &self.outcome {
             Some(Outcome::Allow(g)) => {
                 rec.decision = "allow";
-                rec.subject = who(&g.iss, g.subject.as_ref());
-                rec.client_id = g.client_id.clone();
+                rec.subject = who(&g.iss, g.subject.as_deref());
+                rec.client_id = g.client_id.as_deref().map(String::from);
                 rec.roles = g.roles.clone();
                 rec.upstream = Some(route.upstream.clone());
             }
@@ -200,7 +200,7 @@ impl Finish {
                 rec.decision = "deny";
                 rec.reason = Some(e.reason.as_str());
                 if let Some(c) = &self.caller {
-                    rec.subject = who(&c.iss, c.sub.as_ref());
+                    rec.subject = who(&c.iss, c.sub.as_deref());
                     rec.client_id = c.client_id.clone();
                     rec.roles = c.roles.clone();
                 }
