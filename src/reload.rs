@@ -4,10 +4,10 @@
 //!
 //! In-flight requests hold an `Arc` of the state they started with, so they finish under
 //! it; the new state carries a new decision cache, so no decision made under the old
-//! config answers under the new one. Listener addresses, `threads` and `tls_min_version`
-//! are fixed at start, and so is the `[audit]` table (one writer and one pseudonym key per
-//! process, so that pseudonyms stay comparable): a change to them is reported as needing
-//! a restart.
+//! config answers under the new one. Listener addresses, `threads`, `tls_min_version` and
+//! `proxy_protocol` are fixed at start, and so is the `[audit]` table (one writer and one
+//! pseudonym key per process, so that pseudonyms stay comparable): a change to them is
+//! reported as needing a restart.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +82,11 @@ pub fn needs_restart(running: &Runtime, file: &Runtime) -> Vec<String> {
         "server.max_header_bytes",
         running.server.limits.max_header_bytes.to_string(),
         file.server.limits.max_header_bytes.to_string(),
+    );
+    differ(
+        "server.proxy_protocol",
+        running.server.proxy_protocol.to_string(),
+        file.server.proxy_protocol.to_string(),
     );
     differ(
         "server.threads",

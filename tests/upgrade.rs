@@ -18,34 +18,6 @@ fn serve(env: &Env, pid_file: &std::path::Path) -> Guarded {
     Guarded::spawn(c.stdout(Stdio::null()).stderr(Stdio::null()))
 }
 
-/// A process that is not our child: killed when dropped (a failing test leaves nothing).
-struct Pid(i32);
-
-impl Pid {
-    fn alive(&self) -> bool {
-        // SAFETY: signal 0 only checks that the process exists.
-        unsafe { libc::kill(self.0, 0) == 0 }
-    }
-    fn signal(&self, sig: i32) {
-        // SAFETY: sends a signal to a process this test started (indirectly).
-        unsafe {
-            libc::kill(self.0, sig);
-        }
-    }
-}
-
-impl Drop for Pid {
-    fn drop(&mut self) {
-        if self.alive() {
-            self.signal(libc::SIGKILL);
-        }
-    }
-}
-
-fn read_pid(path: &std::path::Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
 #[test]
 fn sigquit_hands_the_sockets_to_a_new_process_without_failed_requests() {
     let env = Env::with(EnvOptions {

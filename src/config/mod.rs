@@ -75,6 +75,9 @@ pub struct ServerSettings {
     pub drain_timeout_s: u64,
     /// Peers whose `X-Forwarded-For` chain is extended instead of replaced.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Every connection on the HTTPS listener starts with a PROXY protocol v2 header whose
+    /// source address is the client's (fixed at start).
+    pub proxy_protocol: bool,
     /// Protocol limits (SPEC section 7).
     pub limits: Limits,
 }

@@ -2,6 +2,8 @@
 //! kernel backlog), completes the TLS handshake within `header_read_timeout_ms`, serves
 //! HTTP/1.1 or h2 by ALPN with hyper, and enforces the SPEC section 7 timeouts:
 //!
+//! - with `proxy_protocol`, the PROXY v2 header and the TLS handshake after it must both
+//!   arrive within `header_read_timeout_ms` of the accept ([`proxy_protocol`]);
 //! - a request head must arrive within `header_read_timeout_ms` of its first byte (of
 //!   the handshake, for the first request; h2: only the first request is timed);
 //! - a connection with nothing in flight is closed after `idle_timeout_s` (h2: GOAWAY,
@@ -31,6 +33,7 @@ use super::Shared;
 use crate::config::Limits;
 
 mod framing;
+pub mod proxy_protocol;
 
 /// One accepted connection, as the request path sees it.
 pub struct ConnInfo {
@@ -347,7 +350,10 @@ pub async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
     slots: Arc<tokio::sync::Semaphore>,
 ) {
-    let limits = shared.live.load().rt.server.limits;
+    let (limits, proxy_protocol) = {
+        let live = shared.live.load();
+        (live.rt.server.limits, live.rt.server.proxy_protocol)
+    };
     let h1 = Arc::new(builder(&limits, false));
     let h2 = Arc::new(builder(&limits, true));
     loop {
@@ -373,22 +379,42 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let (tls, shared, h1, h2) = (tls.clone(), shared.clone(), h1.clone(), h2.clone());
         tokio::spawn(async move {
-            connection(tcp, peer, tls, shared, &h1, &h2).await;
+            connection(tcp, peer, proxy_protocol, tls, shared, &h1, &h2).await;
             drop(permit);
         });
     }
 }
 
+/// Serves one accepted connection. With `proxy_protocol` it must start with a PROXY v2
+/// header, and the source address in it is the client (`peer` from then on); the header
+/// and the TLS handshake together must arrive within `header_read_timeout_ms`.
 async fn connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
+    mut tcp: TcpStream,
+    socket_peer: SocketAddr,
+    proxy_protocol: bool,
     tls: TlsAcceptor,
     shared: Arc<Shared>,
     h1: &auto::Builder<TokioExecutor>,
     h2b: &auto::Builder<TokioExecutor>,
 ) {
     let limits = shared.live.load().rt.server.limits;
-    let stream = match tokio::time::timeout(limits.header_read_timeout, tls.accept(tcp)).await {
+    let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+    let peer = if proxy_protocol {
+        match tokio::time::timeout_at(deadline, proxy_protocol::read(&mut tcp)).await {
+            Ok(Ok(source)) => source.unwrap_or(socket_peer),
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %socket_peer, error = %e, "closing: no valid PROXY protocol v2 header");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %socket_peer, "closing: no PROXY protocol v2 header within header_read_timeout_ms");
+                return;
+            }
+        }
+    } else {
+        socket_peer
+    };
+    let stream = match tokio::time::timeout_at(deadline, tls.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");

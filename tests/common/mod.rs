@@ -673,3 +673,33 @@ impl Drop for Guarded {
         }
     }
 }
+
+/// A process that is not our child (a gateway started by an upgrade): killed when
+/// dropped, so a failing test leaves nothing running.
+pub struct Pid(pub i32);
+
+impl Pid {
+    pub fn alive(&self) -> bool {
+        // SAFETY: signal 0 only checks that the process exists.
+        unsafe { libc::kill(self.0, 0) == 0 }
+    }
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sends a signal to a process this test started (indirectly).
+        unsafe {
+            libc::kill(self.0, sig);
+        }
+    }
+}
+
+impl Drop for Pid {
+    fn drop(&mut self) {
+        if self.alive() {
+            self.signal(libc::SIGKILL);
+        }
+    }
+}
+
+/// The pid a `--pid-file` holds, once written.
+pub fn read_pid(path: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}

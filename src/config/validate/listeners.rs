@@ -156,6 +156,7 @@ impl Validator<'_> {
             threads,
             drain_timeout_s,
             trusted_proxies,
+            proxy_protocol: r.proxy_protocol.unwrap_or(false),
             limits,
         })
     }
