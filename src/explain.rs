@@ -225,8 +225,7 @@ pub fn explain(
             e.status = 200;
             e.forwarded = true;
             e.headers = grant
-                .headers
-                .iter()
+                .headers(&r)
                 .map(|(n, v)| {
                     (
                         n.as_str().to_string(),

@@ -177,8 +177,8 @@ pub fn forward_headers(
         headers.remove(AUTHORIZATION);
     }
     if let Outcome::Allow(g) = outcome {
-        for (name, value) in &g.headers {
-            headers.insert(name.clone(), value.clone());
+        for (name, value) in g.headers(route) {
+            headers.insert(name.clone(), value);
         }
     }
     let (chain, client) = forwarded_for(headers, peer, trusted);

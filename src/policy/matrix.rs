@@ -298,7 +298,7 @@ pub fn cell(rt: &Runtime, route: &Route, role: Option<&str>, access: Access) -> 
             e.row_filters = route
                 .row_filters
                 .iter()
-                .filter(|f| grant.headers.iter().any(|(h, _)| *h == f.header))
+                .filter(|f| grant.headers(route).any(|(h, _)| *h == f.header))
                 .map(|f| {
                     format!(
                         "{}={}",

@@ -5,7 +5,6 @@
 //! the token's groups ∪ roles whose `clients` list its client ID (docs/configuration.md, roles).
 //! Anything a route does not allow is denied.
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -90,10 +89,11 @@ impl Caller {
 
 /// An allowed request: who, and what to tell the backend.
 ///
-/// One of these is kept per cached decision, so it is laid out to be small: every header
-/// value is a slice of one shared buffer (one allocation, and a clone per request is a
-/// reference count), the roles are shared with the audit records that name them, and no
-/// `Vec` keeps spare capacity. See docs/ARCHITECTURE.md, "Decision cache memory".
+/// One of these is kept per cached decision, so it is laid out to be small: the header
+/// values sit in one buffer of exactly their size, each named by an index into the
+/// route's header names (a value per request is a slice of it: a reference count, no
+/// copy), the roles are shared with the audit records that name them, and no `Vec` keeps
+/// spare capacity. See docs/ARCHITECTURE.md, "Decision cache memory".
 #[derive(Clone, Debug)]
 pub struct Grant {
     pub subject: Option<Box<str>>,
@@ -104,10 +104,58 @@ pub struct Grant {
     pub issuer: Box<str>,
     /// Sorted; shared with the audit records of requests this grant allows.
     pub roles: Arc<[String]>,
-    /// Identity and row-filter headers, values already encoded.
-    pub headers: Box<[(HeaderName, HeaderValue)]>,
+    /// Identity and row-filter header values, already encoded, one after the other.
+    values: Bytes,
+    /// Which header each value is, in order; see [`Grant::headers`].
+    spans: Box<[Span]>,
     /// Token expiry (Unix seconds), bounds the cache lifetime.
     pub exp: u64,
+}
+
+/// One header of a grant: its name (an index: [`IDENTITY_HEADERS`] first, then the
+/// route's row filters) and where its value ends in [`Grant::values`] (it starts where the
+/// previous one ends).
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    name: u16,
+    end: u32,
+}
+
+/// The identity headers, in the order they are sent; the names of a grant's spans index
+/// this table, then the route's row filters.
+pub static IDENTITY_HEADERS: [HeaderName; 4] = [
+    HeaderName::from_static("x-auth-subject"),
+    HeaderName::from_static("x-auth-client-id"),
+    HeaderName::from_static("x-auth-roles"),
+    HeaderName::from_static("x-auth-issuer"),
+];
+const SUBJECT: usize = 0;
+const CLIENT_ID: usize = 1;
+const ROLES: usize = 2;
+const ISSUER: usize = 3;
+
+impl Grant {
+    /// The headers to send to the backend of `route`, the route this grant was decided
+    /// on: identity headers, then row filters, in order.
+    pub fn headers<'a>(
+        &'a self,
+        route: &'a Route,
+    ) -> impl Iterator<Item = (&'a HeaderName, HeaderValue)> + 'a {
+        let mut start = 0;
+        self.spans.iter().filter_map(move |s| {
+            let (from, to) = (start, s.end as usize);
+            start = to;
+            let n = s.name as usize;
+            let name = match IDENTITY_HEADERS.get(n) {
+                Some(h) => h,
+                None => &route.row_filters.get(n - IDENTITY_HEADERS.len())?.header,
+            };
+            // Checked when the grant was made (`HeaderBuf::finish`); the check again
+            // costs a scan of a few bytes and keeps this free of `unsafe`.
+            let value = HeaderValue::from_maybe_shared(self.values.slice(from..to)).ok()?;
+            Some((name, value))
+        })
+    }
 }
 
 struct View<'a> {
@@ -135,40 +183,37 @@ impl Values for View<'_> {
     }
 }
 
-/// The header values of one grant, written into one buffer and cut into `HeaderValue`s
-/// that share it.
+/// The header values of one grant, written into one buffer.
 struct HeaderBuf {
     buf: Vec<u8>,
-    names: Vec<(HeaderName, Range<usize>)>,
+    spans: Vec<Span>,
 }
 
 impl HeaderBuf {
     fn with_capacity(n: usize) -> Self {
         HeaderBuf {
             buf: Vec::with_capacity(64 * n),
-            names: Vec::with_capacity(n),
+            spans: Vec::with_capacity(n),
         }
     }
 
-    fn push(&mut self, name: HeaderName, value: &str) {
-        let start = self.buf.len();
+    /// Appends the value of header `name` (an index, see [`Span`]); a value that is not a
+    /// valid header value is refused with the index (never sent empty instead).
+    fn push(&mut self, name: usize, value: &str) -> Result<(), usize> {
+        HeaderValue::from_str(value).map_err(|_| name)?;
         self.buf.extend_from_slice(value.as_bytes());
-        self.names.push((name, start..self.buf.len()));
+        let end = u32::try_from(self.buf.len()).map_err(|_| name)?;
+        let name = u16::try_from(name).map_err(|_| name)?;
+        self.spans.push(Span { name, end });
+        Ok(())
     }
 
-    /// The headers; a value that is not a valid header value is returned as `Err(name)`
-    /// (never sent empty instead).
-    fn finish(self) -> Result<Box<[(HeaderName, HeaderValue)]>, HeaderName> {
-        // Copied into an allocation of exactly its size: the cache keeps it for minutes.
-        let shared = Bytes::copy_from_slice(&self.buf);
-        let mut out = Vec::with_capacity(self.names.len());
-        for (name, r) in self.names {
-            match HeaderValue::from_maybe_shared(shared.slice(r)) {
-                Ok(v) => out.push((name, v)),
-                Err(_) => return Err(name),
-            }
-        }
-        Ok(out.into_boxed_slice())
+    /// Copied into allocations of exactly their size: the cache keeps them for minutes.
+    fn finish(self) -> (Bytes, Box<[Span]>) {
+        (
+            Bytes::copy_from_slice(&self.buf),
+            self.spans.as_slice().into(),
+        )
     }
 }
 
@@ -211,28 +256,37 @@ pub fn decide(
         ));
     }
     let mut headers = HeaderBuf::with_capacity(4 + route.row_filters.len());
+    let invalid = |i: usize| {
+        let name = match IDENTITY_HEADERS.get(i) {
+            Some(h) => h,
+            None => &route.row_filters[i - IDENTITY_HEADERS.len()].header,
+        };
+        invalid_value(name)
+    };
     if let Some(sub) = &id.sub {
-        headers.push(HeaderName::from_static("x-auth-subject"), &encode(sub));
+        headers.push(SUBJECT, &encode(sub)).map_err(invalid)?;
     }
     if id.is_client {
         if let Some(c) = &id.client_id {
-            headers.push(HeaderName::from_static("x-auth-client-id"), &encode(c));
+            headers.push(CLIENT_ID, &encode(c)).map_err(invalid)?;
         }
     }
     let joined: Vec<String> = roles.iter().map(|r| encode(r)).collect();
-    headers.push(HeaderName::from_static("x-auth-roles"), &joined.join(","));
+    headers.push(ROLES, &joined.join(",")).map_err(invalid)?;
     // Verbatim: `iss` matched a configured issuer exactly, and config accepts only https
     // URLs there, so a backend can compare it with its IdP's URL as is.
-    headers.push(HeaderName::from_static("x-auth-issuer"), &id.iss);
+    headers.push(ISSUER, &id.iss).map_err(invalid)?;
     let view = View { id, roles: &roles };
-    for f in &route.row_filters {
+    for (i, f) in route.row_filters.iter().enumerate() {
         if f.except_roles.iter().any(|r| roles.contains(r)) {
             continue;
         }
         // The renderer refuses empty and non-visible-ASCII values; the HeaderValue check
-        // in `finish` is a second line, and it denies too (never an empty header instead).
+        // in `push` is a second line, and it denies too (never an empty header instead).
         match f.template.render(&view) {
-            Ok(v) => headers.push(f.header.clone(), &v),
+            Ok(v) => headers
+                .push(IDENTITY_HEADERS.len() + i, &v)
+                .map_err(invalid)?,
             Err(RenderError::Missing(ph)) => {
                 let what = RenderError::Missing(ph);
                 return Err(AuthError::new(
@@ -246,14 +300,15 @@ pub fn decide(
             Err(RenderError::Invalid) => return Err(invalid_value(&f.header)),
         }
     }
-    let headers = headers.finish().map_err(|h| invalid_value(&h))?;
+    let (values, spans) = headers.finish();
     Ok(Grant {
         subject: id.sub.as_deref().map(Box::from),
         client_id: id.client_id.as_deref().map(Box::from),
         iss: id.iss.as_str().into(),
         issuer: id.issuer.as_str().into(),
         roles: roles.into(),
-        headers,
+        values,
+        spans,
         exp: id.exp,
     })
 }
@@ -261,7 +316,7 @@ pub fn decide(
 fn invalid_value(header: &HeaderName) -> AuthError {
     AuthError::new(
         DenyReason::MissingClaim,
-        format!("the row filter {header} did not render to a valid header value"),
+        format!("the header {header} did not render to a valid header value"),
     )
 }
 
@@ -321,17 +376,14 @@ mod tests {
     }
 
     /// A cached grant holds its header values in one allocation: each value starts where
-    /// the one before it ends (a value per allocation would cost ~100 bytes more per
-    /// header and cached token).
+    /// the one before it ends (a value per allocation, with its name beside it, would
+    /// cost ~150 bytes more per header and cached token).
     #[test]
     fn grant_header_values_share_one_buffer() {
-        let g = decide(
-            &route("region={claims.region}"),
-            &identity(),
-            &IndexMap::new(),
-        )
-        .unwrap();
-        let names: Vec<&str> = g.headers.iter().map(|(n, _)| n.as_str()).collect();
+        let r = route("region={claims.region}");
+        let g = decide(&r, &identity(), &IndexMap::new()).unwrap();
+        let headers: Vec<(&HeaderName, HeaderValue)> = g.headers(&r).collect();
+        let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
             [
@@ -341,7 +393,7 @@ mod tests {
                 "x-row-filter"
             ]
         );
-        let values: Vec<&[u8]> = g.headers.iter().map(|(_, v)| v.as_bytes()).collect();
+        let values: Vec<&[u8]> = headers.iter().map(|(_, v)| v.as_bytes()).collect();
         assert_eq!(
             values,
             [
