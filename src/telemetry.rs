@@ -28,16 +28,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _, TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_http::{HeaderExtractor, HeaderInjector, HttpClient, HttpError};
+use opentelemetry_http::{HeaderExtractor, HttpClient, HttpError};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
@@ -47,6 +49,9 @@ use crate::config::TracingSettings;
 
 /// One export (connect, send, response) must finish within this.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
 /// Largest collector response read.
 const MAX_RESPONSE: usize = 64 * 1024;
 
@@ -113,6 +118,7 @@ impl Tracing {
             ])
             .start_with_context(&self.tracer, &parent);
         RequestTrace {
+            continued: parent.has_active_span(),
             cx: parent
                 .with_span(span)
                 .with_value(ReqTracer(self.tracer.clone())),
@@ -130,6 +136,8 @@ impl Tracing {
 /// The context of one request's server span.
 pub struct RequestTrace {
     cx: Context,
+    /// The client sent a valid `traceparent` (its trace is continued).
+    continued: bool,
 }
 
 /// What the request span records when the request ends.
@@ -172,7 +180,22 @@ impl RequestTrace {
             ])
             .start_with_context(tracer, &self.cx);
         let cx = self.cx.with_span(span);
-        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+        // W3C Trace Context: the same trace, this span as the parent. The client's
+        // `tracestate` goes on unchanged when its trace is continued, and is dropped when
+        // this is a new trace (it described another one).
+        let sc = cx.span().span_context().clone();
+        let tp = format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags() & TraceFlags::SAMPLED
+        );
+        if let Ok(v) = HeaderValue::from_str(&tp) {
+            headers.insert(TRACEPARENT, v);
+        }
+        if !self.continued {
+            headers.remove(TRACESTATE);
+        }
         UpstreamSpan { cx }
     }
 

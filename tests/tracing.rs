@@ -209,11 +209,16 @@ fn request_spans_continue_the_client_trace_and_carry_no_secrets() {
         reqwest::Method::GET,
         "/orders/7",
         Some(&token),
-        &[("traceparent", tp.as_str())],
+        &[("traceparent", tp.as_str()), ("tracestate", "vendor=abc")],
         None,
         false,
     );
     assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(
+        ok.echoed("tracestate"),
+        vec!["vendor=abc"],
+        "a continued trace keeps the client's tracestate"
+    );
     let sent = ok.echoed("traceparent");
     assert_eq!(sent.len(), 1, "one traceparent to the backend: {sent:?}");
     let (b_trace, b_parent, b_flags) = parse_traceparent(&sent[0]);
@@ -248,11 +253,15 @@ fn request_spans_continue_the_client_trace_and_carry_no_secrets() {
         reqwest::Method::GET,
         "/orders/8?secret=x",
         Some(&secret_token),
-        &[("cookie", cookie)],
+        &[("cookie", cookie), ("tracestate", "stale=1")],
         None,
         false,
     );
     assert_eq!(q.status, 200, "{q:?}");
+    assert!(
+        q.echoed("tracestate").is_empty(),
+        "a tracestate without a traceparent describes no trace of ours"
+    );
     let q_id = q.header("x-request-id").expect("request id");
     let q_sent = q.echoed("traceparent");
     assert_eq!(q_sent.len(), 1, "{q_sent:?}");
@@ -441,8 +450,8 @@ fn request_spans_continue_the_client_trace_and_carry_no_secrets() {
     }
 }
 
-/// No `[tracing]`: no exporter, no span, and the client's `traceparent` reaches the
-/// backend exactly as sent (SPEC: passed through).
+/// No `[tracing]`: no exporter, no span, and the client's `traceparent` and `tracestate`
+/// reach the backend exactly as sent (passed through).
 #[test]
 fn without_a_tracing_table_nothing_is_exported_and_traceparent_passes_through() {
     let env = Env::start();
@@ -454,12 +463,13 @@ fn without_a_tracing_table_nothing_is_exported_and_traceparent_passes_through() 
         reqwest::Method::GET,
         "/orders/7",
         Some(&token),
-        &[("traceparent", tp.as_str())],
+        &[("traceparent", tp.as_str()), ("tracestate", "vendor=abc")],
         None,
         false,
     );
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.echoed("traceparent"), vec![tp]);
+    assert_eq!(r.echoed("tracestate"), vec!["vendor=abc"]);
 }
 
 /// A collector that is down neither fails nor holds up requests; the gateway still
