@@ -17,4 +17,5 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod telemetry;
 pub mod tls;

@@ -6,8 +6,8 @@
 //! it; the new state carries a new decision cache, so no decision made under the old
 //! config answers under the new one. Listener addresses, `threads`, `tls_min_version` and
 //! `proxy_protocol` are fixed at start, and so is the `[audit]` table (one writer and one
-//! pseudonym key per process, so that pseudonyms stay comparable): a change to them is
-//! reported as needing a restart.
+//! pseudonym key per process, so that pseudonyms stay comparable) and the `[tracing]` table
+//! (one span exporter per process): a change to them is reported as needing a restart.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,6 +102,23 @@ pub fn needs_restart(running: &Runtime, file: &Runtime) -> Vec<String> {
         "audit.retention_days",
         running.audit.retention_days.to_string(),
         file.audit.retention_days.to_string(),
+    );
+    // One exporter per process, started with the data plane: a reload keeps it.
+    let tracing = |rt: &Runtime, f: fn(&config::TracingSettings) -> &str| {
+        rt.tracing
+            .as_ref()
+            .map(|t| f(t).to_string())
+            .unwrap_or_else(|| "off".into())
+    };
+    differ(
+        "tracing.otlp_endpoint",
+        tracing(running, |t| &t.otlp_endpoint),
+        tracing(file, |t| &t.otlp_endpoint),
+    );
+    differ(
+        "tracing.service_name",
+        tracing(running, |t| &t.service_name),
+        tracing(file, |t| &t.service_name),
     );
     if running.audit.pseudonym_key != file.audit.pseudonym_key {
         v.push("audit.pseudonym_key: the file names another key than the one running".to_string());

@@ -268,7 +268,11 @@ impl Gatehouse {
         auth.start();
         let audit = AuditLog::start(&rt.audit, bg.handle())
             .map_err(|e| anyhow::anyhow!("cannot open the audit log (audit.path): {e}"))?;
-        let shared = Shared::new(Live::new(rt.clone(), auth.clone()), audit);
+        let tracing = match &rt.tracing {
+            Some(t) => Some(crate::telemetry::Tracing::start(t, bg.handle().clone())?),
+            None => None,
+        };
+        let shared = Shared::with_tracing(Live::new(rt.clone(), auth.clone()), audit, tracing);
         let cert = SwappableCert::new(rt.server.cert.clone());
         let reloader = Arc::new(Reloader::new(
             opts.config.clone(),
@@ -363,6 +367,7 @@ impl Gatehouse {
             },
             routes = rt.routes.len(),
             threads = rt.server.threads,
+            traces = %rt.tracing.as_ref().map(|t| t.traces_url.as_str()).unwrap_or("off"),
             "gatehouse is serving"
         );
         Ok(Gatehouse {
@@ -407,6 +412,11 @@ impl Gatehouse {
             });
         }
         self.shared.live.load().auth.stop();
+        // Spans still queued go out now (their exchanges run on the background runtime,
+        // which is still up).
+        if let Some(t) = &self.shared.tracing {
+            t.shutdown(Duration::from_secs(3));
+        }
         if let Some(bg) = self.bg.take() {
             bg.shutdown_timeout(Duration::from_secs(2));
         }
@@ -540,6 +550,10 @@ async fn drain(shared: &Shared, stop: &watch::Sender<bool>, drain_timeout_s: u64
         );
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), shared.audit.flush()).await;
+    if let Some(t) = &shared.tracing {
+        // Blocks this worker (not a proxy worker) while the other one runs the export.
+        tokio::task::block_in_place(|| t.shutdown(Duration::from_secs(3)));
+    }
     exit_now();
 }
 

@@ -552,3 +552,60 @@ fn expired_certificate_is_an_error() {
     assert!(errors[0].message.contains("expired"), "{}", errors[0]);
     assert!(errors[0].message.contains("renew it"), "{}", errors[0]);
 }
+
+/// `[tracing]`: the endpoint must be an http(s) base URL without credentials, query or
+/// fragment, the service name printable; each defect names file, line, key and the fix.
+#[test]
+fn tracing_table_is_checked() {
+    let table = |body: &str| format!("[tracing]\n{body}\n\n[admin]\n");
+    for (value, says) in [
+        (
+            "\"ftp://collector:4318\"",
+            &[
+                "scheme must be http or https",
+                "otlp_endpoint = \"http://127.0.0.1:4318\"",
+            ][..],
+        ),
+        ("\"collector:4318\"", &["scheme must be http or https"][..]),
+        ("\"not a url\"", &["is not a URL", "/v1/traces"][..]),
+        (
+            "\"http://user:pw@collector:4318\"",
+            &["credentials", "never written inline"][..],
+        ),
+        (
+            "\"http://collector:4318/?token=1\"",
+            &["query or fragment"][..],
+        ),
+    ] {
+        let body = format!("otlp_endpoint = {value}");
+        assert_defect(
+            &[("[admin]\n", table(&body).as_str())],
+            "tracing.otlp_endpoint",
+            value,
+            says,
+        );
+    }
+    assert_defect(
+        &[(
+            "[admin]\n",
+            table("otlp_endpoint = \"http://127.0.0.1:4318\"\nservice_name = \"  \"").as_str(),
+        )],
+        "tracing.service_name",
+        "\"  \"",
+        &["not a usable service name", "service_name = \"gatehouse\""],
+    );
+
+    let fx = Fixture::new();
+    let on = fx.load_ok(&edit(
+        BASE,
+        "[admin]\n",
+        &table("otlp_endpoint = \"https://otel.example:4318/base/\""),
+    ));
+    let t = on.tracing.expect("tracing on");
+    assert_eq!(t.traces_url, "https://otel.example:4318/base/v1/traces");
+    assert_eq!(t.service_name, "gatehouse", "the default service name");
+    // No endpoint, or no table: nothing is exported.
+    let named_only = fx.load_ok(&edit(BASE, "[admin]\n", &table("service_name = \"edge\"")));
+    assert!(named_only.tracing.is_none());
+    assert!(fx.load_ok(BASE).tracing.is_none());
+}

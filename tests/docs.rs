@@ -203,6 +203,7 @@ const CONFIG_SECTIONS: &[&str] = &[
     "`[admin]` (optional)",
     "`[audit]` (optional)",
     "`[cache]` (optional)",
+    "`[tracing]` (optional)",
     "`[issuers.<name>]` (one table per trusted token issuer)",
     "`[roles.<name>]` (optional, one table per role)",
     "`[upstreams.<name>]` (one table per backend)",
@@ -304,6 +305,13 @@ impl Base {
                 ],
             ),
             ("cache", vec![("max_entries", "1000"), ("ttl_s", "300")]),
+            (
+                "tracing",
+                vec![
+                    ("otlp_endpoint", "\"http://127.0.0.1:4318\""),
+                    ("service_name", "\"gatehouse\""),
+                ],
+            ),
         ];
         Base { dir, tables }
     }
@@ -331,6 +339,8 @@ impl Base {
             "audit.pseudonym_key" => "{ file = \"pseudonym2.key\" }",
             "cache.max_entries" => "10",
             "cache.ttl_s" => "0",
+            "tracing.otlp_endpoint" => "\"https://collector.example:4318/otel\"",
+            "tracing.service_name" => "\"edge-gateway\"",
             _ => return None,
         })
     }
@@ -368,7 +378,7 @@ fn reload_or_restart_is_what_the_reloader_does() {
     let single: Vec<&String> = doc
         .keys()
         .filter(|k| {
-            ["server.", "admin.", "audit.", "cache."]
+            ["server.", "admin.", "audit.", "cache.", "tracing."]
                 .iter()
                 .any(|p| k.starts_with(p))
         })
@@ -408,7 +418,7 @@ fn reload_or_restart_is_what_the_reloader_does() {
     }
     // Keys in the per-name tables and routes are all applied by a reload.
     for (k, row) in &doc {
-        if !["server.", "admin.", "audit.", "cache."]
+        if !["server.", "admin.", "audit.", "cache.", "tracing."]
             .iter()
             .any(|p| k.starts_with(p))
         {

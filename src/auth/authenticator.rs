@@ -187,6 +187,21 @@ impl Authenticator {
         token: &str,
         allowed_issuers: Option<&[String]>,
     ) -> Result<Identity, AuthError> {
+        // A child span of the request's when tracing exports; otherwise just the check.
+        crate::telemetry::in_child(
+            "token verification",
+            Vec::new,
+            |e: &AuthError| Some(e.reason.as_str()),
+            self.verify_token(token, allowed_issuers),
+        )
+        .await
+    }
+
+    async fn verify_token(
+        &self,
+        token: &str,
+        allowed_issuers: Option<&[String]>,
+    ) -> Result<Identity, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::new(
                 DenyReason::MalformedToken,
@@ -253,7 +268,21 @@ impl Authenticator {
         ) {
             // Maybe the IdP rotated: one shared, throttled refetch, then look once more.
             if let Refetch::Wait(rx) = store.request_refetch() {
-                KeyStore::wait_refetch(rx).await;
+                let _ = crate::telemetry::in_child(
+                    "jwks fetch",
+                    || {
+                        vec![opentelemetry::KeyValue::new(
+                            "issuer",
+                            settings.name.clone(),
+                        )]
+                    },
+                    |_: &()| None,
+                    async {
+                        KeyStore::wait_refetch(rx).await;
+                        Ok::<(), ()>(())
+                    },
+                )
+                .await;
                 keys = store.keys();
             }
         }

@@ -78,6 +78,11 @@ static SYSTEM_ROOTS: LazyLock<rustls::RootCertStore> = LazyLock::new(|| {
     roots
 });
 
+/// The system trust roots (read once per process).
+pub fn system_roots() -> rustls::RootCertStore {
+    SYSTEM_ROOTS.clone()
+}
+
 impl HttpsClient {
     /// Builds a client trusting the system roots plus `ca_pem` (PEM, one or more certs).
     pub fn new(ca_pem: Option<&[u8]>) -> Result<Self, HttpError> {

@@ -51,6 +51,8 @@ pub struct Runtime {
     pub admin_listen: Option<SocketAddr>,
     pub audit: AuditSettings,
     pub cache: CacheSettings,
+    /// `[tracing]` with an `otlp_endpoint`: spans are exported; `None`: tracing is off.
+    pub tracing: Option<TracingSettings>,
     pub issuers: Vec<IssuerSettings>,
     pub roles: IndexMap<String, RoleSettings>,
     pub upstreams: IndexMap<String, Arc<Upstream>>,
@@ -123,6 +125,16 @@ pub struct AuditSettings {
 pub struct CacheSettings {
     pub max_entries: u64,
     pub ttl_s: u64,
+}
+
+/// `[tracing]`: where spans go (OTLP/HTTP) and the `service.name` they carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TracingSettings {
+    /// The base URL as configured, e.g. `http://127.0.0.1:4318`.
+    pub otlp_endpoint: String,
+    /// Where spans are POSTed: `{otlp_endpoint}/v1/traces`.
+    pub traces_url: String,
+    pub service_name: String,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -20,6 +20,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub cache: Option<RawCache>,
     #[serde(default)]
+    pub tracing: Option<RawTracing>,
+    #[serde(default)]
     pub issuers: IndexMap<String, S<RawIssuer>>,
     #[serde(default)]
     pub roles: IndexMap<String, S<RawRole>>,
@@ -83,6 +85,15 @@ pub struct RawCache {
     pub max_entries: Option<u64>,
     #[serde(default)]
     pub ttl_s: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    #[serde(default)]
+    pub otlp_endpoint: Option<S<String>>,
+    #[serde(default)]
+    pub service_name: Option<S<String>>,
 }
 
 /// A secret: `{ env = "NAME" }` or `{ file = "path" }`. An inline string parses (so that

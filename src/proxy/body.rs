@@ -55,6 +55,8 @@ pub struct Finish {
     pub client: std::net::IpAddr,
     /// One span per request: log lines about it carry `request_id` and `route`.
     pub span: tracing::Span,
+    /// The request's OpenTelemetry span, when `[tracing]` exports (None: nothing made).
+    pub trace: Option<crate::telemetry::RequestTrace>,
 }
 
 impl Finish {
@@ -68,6 +70,10 @@ impl Finish {
         shared.inflight.fetch_add(1, Ordering::AcqRel);
         conn.activity.request_started();
         let peer = conn.peer.ip();
+        let trace = shared
+            .tracing
+            .as_ref()
+            .map(|t| t.request(&head.headers, &head.method));
         Finish {
             shared,
             live,
@@ -90,6 +96,7 @@ impl Finish {
                 request_id = tracing::field::Empty,
                 route = tracing::field::Empty
             ),
+            trace,
         }
     }
 
@@ -246,6 +253,21 @@ impl Drop for Finish {
             None => "",
         };
         tracing::debug!(parent: &self.span, status = self.status, method, decision, reason, client = %self.client, duration_ms = elapsed.as_millis() as u64, "request done");
+        if let Some(t) = &self.trace {
+            let route = self.route.as_deref();
+            t.end(crate::telemetry::RequestEnd {
+                request_id: &self.request_id,
+                path: &self.path,
+                method: self.method.as_str(),
+                route: route.map(|r| r.name.as_str()),
+                decision,
+                reason,
+                upstream: route
+                    .filter(|_| decision != "deny")
+                    .map(|r| r.upstream.as_str()),
+                status: self.status,
+            });
+        }
         if let Some(r) = &self.route {
             let rec = self.audit_record(r);
             self.shared.audit.write_now(rec);

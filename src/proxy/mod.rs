@@ -54,10 +54,21 @@ pub struct Shared {
     /// connection finishes what it has in flight and closes.
     pub draining: AtomicBool,
     drain: tokio::sync::watch::Sender<bool>,
+    /// The span exporter (`[tracing]`, restart-only); `None`: no request makes a span.
+    pub tracing: Option<crate::telemetry::Tracing>,
 }
 
 impl Shared {
     pub fn new(live: Live, audit: AuditLog) -> Arc<Self> {
+        Self::with_tracing(live, audit, None)
+    }
+
+    /// [`Shared::new`] with a span exporter.
+    pub fn with_tracing(
+        live: Live,
+        audit: AuditLog,
+        tracing: Option<crate::telemetry::Tracing>,
+    ) -> Arc<Self> {
         Arc::new(Shared {
             live: ArcSwap::from_pointee(live),
             inflight: AtomicUsize::new(0),
@@ -65,6 +76,7 @@ impl Shared {
             audit,
             draining: AtomicBool::new(false),
             drain: tokio::sync::watch::channel(false).0,
+            tracing,
         })
     }
 
@@ -115,9 +127,11 @@ pub async fn handle(
     fin.span.record("request_id", request_id.as_str());
     // Log lines the decision causes (token checks, JWKS fetches) carry the request's id
     // and route.
-    let adm = pipeline::admit_with_id(&live, &mut head, request_id)
-        .instrument(fin.span.clone())
-        .await;
+    let admit = pipeline::admit_with_id(&live, &mut head, request_id).instrument(fin.span.clone());
+    let adm = match &fin.trace {
+        Some(t) => t.scope(admit).await,
+        None => admit.await,
+    };
     fin.admitted(&adm, &head);
     if let (Some(route), Some(outcome)) = (&adm.route, &adm.outcome) {
         match outcome {
@@ -186,10 +200,28 @@ pub async fn handle(
             *b.headers_mut().expect("builder is valid") = head.headers.clone();
             b.body(Either::Right(Empty::new()))
         };
-        let Ok(req) = req else {
+        let Ok(mut req) = req else {
             return Ok(fin.respond(&Problem::internal("the upstream request cannot be built")));
         };
-        match tokio::time::timeout(read_timeout, up.send(req)).await {
+        // Tracing on: this attempt's span, and its `traceparent` for the backend.
+        let span = fin.trace.as_ref().map(|t| {
+            t.upstream(
+                &up.upstream.name,
+                up.addr(idx),
+                &head.method,
+                req.headers_mut(),
+            )
+        });
+        let sent = tokio::time::timeout(read_timeout, up.send(req)).await;
+        if let Some(span) = span {
+            span.end(match &sent {
+                Ok(Ok(resp)) => Ok(resp.status().as_u16()),
+                Ok(Err(e)) if e.is_connect() => Err("connection failed"),
+                Ok(Err(_)) => Err("request failed"),
+                Err(_) => Err("timed out before the response head"),
+            });
+        }
+        match sent {
             Ok(Ok(resp)) => return Ok(relay(&shared, &conn, fin, resp, read_timeout)),
             Ok(Err(e)) => {
                 let timed_out = caused_by_timeout(&e);

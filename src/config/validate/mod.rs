@@ -354,6 +354,7 @@ impl<'a> Validator<'a> {
                 .unwrap_or(100_000),
             ttl_s: raw.cache.as_ref().and_then(|c| c.ttl_s).unwrap_or(300),
         };
+        let tracing = raw.tracing.as_ref().and_then(|t| self.tracing(t));
         let issuers: Vec<IssuerSettings> = raw
             .issuers
             .iter()
@@ -404,6 +405,7 @@ impl<'a> Validator<'a> {
             admin_listen,
             audit,
             cache,
+            tracing,
             issuers,
             roles,
             upstreams,
@@ -412,6 +414,61 @@ impl<'a> Validator<'a> {
             certificates: std::mem::take(&mut self.certs),
             warnings: std::mem::take(&mut self.warnings),
         })
+    }
+}
+
+impl Validator<'_> {
+    /// `[tracing]`: `otlp_endpoint` an http(s) base URL without credentials, query or
+    /// fragment; `service_name` not blank. No `otlp_endpoint`: tracing stays off.
+    fn tracing(&mut self, t: &RawTracing) -> Option<TracingSettings> {
+        let service_name = match &t.service_name {
+            Some(n) => {
+                let v = n.get_ref();
+                if v.trim().is_empty() || v.len() > 255 || v.chars().any(char::is_control) {
+                    self.err(
+                        n.span(),
+                        "tracing.service_name",
+                        format!("{v:?} is not a usable service name: give 1 to 255 printable characters, e.g. service_name = \"gatehouse\""),
+                    );
+                    None
+                } else {
+                    Some(v.clone())
+                }
+            }
+            None => Some("gatehouse".to_string()),
+        };
+        let raw = t.otlp_endpoint.as_ref()?;
+        let endpoint = self.otlp_endpoint(raw);
+        Some(TracingSettings {
+            traces_url: format!("{}/v1/traces", endpoint.as_deref()?.trim_end_matches('/')),
+            otlp_endpoint: endpoint?,
+            service_name: service_name?,
+        })
+    }
+
+    fn otlp_endpoint(&mut self, raw: &S<String>) -> Option<String> {
+        const KEY: &str = "tracing.otlp_endpoint";
+        const FIX: &str = "give the collector's OTLP/HTTP base URL, e.g. otlp_endpoint = \"http://127.0.0.1:4318\" (spans go to {otlp_endpoint}/v1/traces)";
+        let v = raw.get_ref();
+        let why = match url::Url::parse(v) {
+            Err(e) => format!("{v:?} is not a URL ({e})"),
+            Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                format!(
+                    "{v:?}: the scheme must be http or https, not {}",
+                    u.scheme()
+                )
+            }
+            Ok(u) if u.host_str().is_none_or(str::is_empty) => format!("{v:?} names no host"),
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                format!("{v:?} carries credentials; a secret is never written inline in the file")
+            }
+            Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+                format!("{v:?} has a query or fragment; the base URL takes neither")
+            }
+            Ok(_) => return Some(v.clone()),
+        };
+        self.err(raw.span(), KEY, format!("{why}; {FIX}"));
+        None
     }
 }
 
