@@ -18,3 +18,4 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod tls;
+pub mod watch;

@@ -8,10 +8,14 @@
 //! are fixed at start, and so is the `[audit]` table (one writer and one pseudonym key per
 //! process, so that pseudonyms stay comparable): a change to them is reported as needing
 //! a restart.
+//!
+//! The same reload runs when a watched file changes ([`crate::watch`]): the reloader
+//! keeps, for the watcher, the fingerprint of every file its last attempt read, taken
+//! just before reading.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::admin::metrics;
 use crate::auth::Authenticator;
@@ -19,6 +23,7 @@ use crate::config::{self, ConfigErrors, Runtime};
 use crate::gate::Live;
 use crate::proxy::Shared;
 use crate::tls::SwappableCert;
+use crate::watch::{self, Fingerprint};
 
 pub struct Reloader {
     pub path: PathBuf,
@@ -28,7 +33,11 @@ pub struct Reloader {
     pub cert: Arc<SwappableCert>,
     pub io: tokio::runtime::Handle,
     generation: AtomicU64,
-    lock: std::sync::Mutex<()>,
+    lock: Mutex<()>,
+    /// Every file the last attempt read (the config first) and how it was just before.
+    watched: Mutex<Vec<(PathBuf, Fingerprint)>>,
+    /// Counts reload attempts, for the file watcher.
+    attempts: tokio::sync::watch::Sender<u64>,
 }
 
 /// Publishes `gatehouse_certificate_expiry_timestamp_seconds` for every loaded certificate.
@@ -112,6 +121,10 @@ impl Reloader {
         io: tokio::runtime::Handle,
     ) -> Self {
         let boot = shared.live.load().rt.clone();
+        let mut files = boot.files.clone();
+        if !files.contains(&path) {
+            files.insert(0, path.clone());
+        }
         Reloader {
             path,
             boot,
@@ -119,16 +132,69 @@ impl Reloader {
             cert,
             io,
             generation: AtomicU64::new(1),
-            lock: std::sync::Mutex::new(()),
+            lock: Mutex::new(()),
+            watched: Mutex::new(watch::snapshot(&files)),
+            attempts: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// The files the last reload attempt read (the config file first), each with its
+    /// fingerprint from just before that attempt read it.
+    pub fn watched(&self) -> Vec<(PathBuf, Fingerprint)> {
+        self.watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes after every reload attempt, successful or not.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.attempts.subscribe()
+    }
+
+    /// Records what an attempt read: `files` with their fingerprints from `before` (taken
+    /// just before reading) or, for a file not watched until now, from now; `keep` also
+    /// keeps the files watched before.
+    fn watch_next(&self, before: Vec<(PathBuf, Fingerprint)>, files: &[PathBuf], keep: bool) {
+        let mut next: Vec<(PathBuf, Fingerprint)> = files
+            .iter()
+            .map(|p| match before.iter().find(|(q, _)| q == p) {
+                Some((_, f)) => (p.clone(), f.clone()),
+                None => (p.clone(), watch::fingerprint(p)),
+            })
+            .collect();
+        if keep {
+            for (p, f) in before {
+                if !next.iter().any(|(q, _)| *q == p) {
+                    next.push((p, f));
+                }
+            }
+        }
+        *self.watched.lock().unwrap_or_else(|e| e.into_inner()) = next;
+    }
+
+    /// Tells the watcher an attempt is over (after the new config is live).
+    fn attempted(&self) {
+        self.attempts.send_modify(|n| *n += 1);
     }
 
     /// Reloads once. `Ok` holds the settings that changed but need a restart.
     pub fn reload(&self) -> Result<Vec<String>, ConfigErrors> {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let new = match config::load(&self.path) {
-            Ok(rt) => Arc::new(rt),
+        // Taken before reading: a change made while the files are read differs from it,
+        // so the watcher reloads once more.
+        let paths: Vec<PathBuf> = self.watched().into_iter().map(|(p, _)| p).collect();
+        let before = watch::snapshot(&paths);
+        let (loaded, files) = config::load_naming_files(&self.path);
+        let new = match loaded {
+            Ok(rt) => {
+                self.watch_next(before, &rt.files, false);
+                Arc::new(rt)
+            }
             Err(e) => {
+                // Also what the broken config tried to read: creating a file it names
+                // but is missing retries.
+                self.watch_next(before, &files, true);
                 metrics::CONFIG_RELOADS_TOTAL
                     .with_label_values(&["error"])
                     .inc();
@@ -136,6 +202,7 @@ impl Reloader {
                     tracing::error!(target: "gatehouse::reload", "{err}");
                 }
                 tracing::error!(target: "gatehouse::reload", errors = e.0.len(), "reload refused; still serving the previous config");
+                self.attempted();
                 return Err(e);
             }
         };
@@ -171,6 +238,7 @@ impl Reloader {
             tracing::warn!(target: "gatehouse::reload", setting = %r, "changed in the file but only applies after a restart");
         }
         tracing::info!(target: "gatehouse::reload", generation, routes = new.routes.len(), "config reloaded");
+        self.attempted();
         Ok(restart)
     }
 }

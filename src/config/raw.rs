@@ -55,6 +55,8 @@ pub struct RawServer {
     pub max_header_bytes: Option<S<u64>>,
     #[serde(default)]
     pub trusted_proxies: Option<S<Vec<S<String>>>>,
+    #[serde(default)]
+    pub watch_files: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
