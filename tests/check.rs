@@ -291,6 +291,8 @@ defects! {
         key "audit.pseudonym_key" at "{ env", says ["{ env = \"NAME\" } or { file = \"path\" }"];
     wrong_value_type_names_the_key: ["threads = 2" => "threads = \"two\""]
         key "server.threads" at "\"two\"", says ["invalid type", "expected i64"];
+    watch_files_not_a_boolean: ["threads = 2" => "threads = 2\nwatch_files = \"yes\""]
+        key "server.watch_files" at "\"yes\"", says ["invalid type", "expected a boolean"];
     missing_required_key_names_the_key: ["upstream = \"billing\"\n" => ""]
         key "routes[2].upstream" at "[[routes]]\nname = \"billing\"",
         says ["missing field `upstream`", "add it"];
