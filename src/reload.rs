@@ -10,8 +10,8 @@
 //! a restart.
 //!
 //! The same reload runs when a watched file changes ([`crate::watch`]): the reloader
-//! keeps, for the watcher, the fingerprint of every file its last attempt read, taken
-//! just before reading.
+//! keeps, for the watcher, every file its last attempt read with the fingerprint the
+//! loader took just before reading it.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex};
 
 use crate::admin::metrics;
 use crate::auth::Authenticator;
-use crate::config::{self, ConfigErrors, Runtime};
+use crate::config::{self, ConfigErrors, Runtime, WatchedFile};
 use crate::gate::Live;
 use crate::proxy::Shared;
 use crate::tls::SwappableCert;
-use crate::watch::{self, Fingerprint};
+use crate::watch;
 
 pub struct Reloader {
     pub path: PathBuf,
@@ -35,7 +35,7 @@ pub struct Reloader {
     generation: AtomicU64,
     lock: Mutex<()>,
     /// Every file the last attempt read (the config first) and how it was just before.
-    watched: Mutex<Vec<(PathBuf, Fingerprint)>>,
+    watched: Mutex<Vec<WatchedFile>>,
     /// Counts reload attempts, for the file watcher.
     attempts: tokio::sync::watch::Sender<u64>,
 }
@@ -122,8 +122,8 @@ impl Reloader {
     ) -> Self {
         let boot = shared.live.load().rt.clone();
         let mut files = boot.files.clone();
-        if !files.contains(&path) {
-            files.insert(0, path.clone());
+        if !files.iter().any(|(p, _)| *p == path) {
+            files.insert(0, (path.clone(), watch::fingerprint(&path)));
         }
         Reloader {
             path,
@@ -133,14 +133,14 @@ impl Reloader {
             io,
             generation: AtomicU64::new(1),
             lock: Mutex::new(()),
-            watched: Mutex::new(watch::snapshot(&files)),
+            watched: Mutex::new(files),
             attempts: tokio::sync::watch::channel(0).0,
         }
     }
 
     /// The files the last reload attempt read (the config file first), each with its
     /// fingerprint from just before that attempt read it.
-    pub fn watched(&self) -> Vec<(PathBuf, Fingerprint)> {
+    pub fn watched(&self) -> Vec<WatchedFile> {
         self.watched
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -152,25 +152,18 @@ impl Reloader {
         self.attempts.subscribe()
     }
 
-    /// Records what an attempt read: `files` with their fingerprints from `before` (taken
-    /// just before reading) or, for a file not watched until now, from now; `keep` also
-    /// keeps the files watched before.
-    fn watch_next(&self, before: Vec<(PathBuf, Fingerprint)>, files: &[PathBuf], keep: bool) {
-        let mut next: Vec<(PathBuf, Fingerprint)> = files
-            .iter()
-            .map(|p| match before.iter().find(|(q, _)| q == p) {
-                Some((_, f)) => (p.clone(), f.clone()),
-                None => (p.clone(), watch::fingerprint(p)),
-            })
-            .collect();
+    /// Records what an attempt read; after a refused one (`keep`) the files watched
+    /// before stay watched too.
+    fn watch_next(&self, read: Vec<WatchedFile>, keep: bool) {
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        let before = std::mem::replace(&mut *watched, read);
         if keep {
             for (p, f) in before {
-                if !next.iter().any(|(q, _)| *q == p) {
-                    next.push((p, f));
+                if !watched.iter().any(|(q, _)| *q == p) {
+                    watched.push((p, f));
                 }
             }
         }
-        *self.watched.lock().unwrap_or_else(|e| e.into_inner()) = next;
     }
 
     /// Tells the watcher an attempt is over (after the new config is live).
@@ -181,20 +174,16 @@ impl Reloader {
     /// Reloads once. `Ok` holds the settings that changed but need a restart.
     pub fn reload(&self) -> Result<Vec<String>, ConfigErrors> {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        // Taken before reading: a change made while the files are read differs from it,
-        // so the watcher reloads once more.
-        let paths: Vec<PathBuf> = self.watched().into_iter().map(|(p, _)| p).collect();
-        let before = watch::snapshot(&paths);
         let (loaded, files) = config::load_naming_files(&self.path);
         let new = match loaded {
             Ok(rt) => {
-                self.watch_next(before, &rt.files, false);
+                self.watch_next(files, false);
                 Arc::new(rt)
             }
             Err(e) => {
-                // Also what the broken config tried to read: creating a file it names
-                // but is missing retries.
-                self.watch_next(before, &files, true);
+                // What the broken config tried to read: creating a file it names but is
+                // missing retries.
+                self.watch_next(files, true);
                 metrics::CONFIG_RELOADS_TOTAL
                     .with_label_values(&["error"])
                     .inc();

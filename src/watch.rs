@@ -14,7 +14,7 @@
 //!   deleted and made again, an inotify limit reached).
 //!
 //! Either one only wakes the watcher. What decides is a fingerprint of each watched
-//! file, taken by the reloader just before it read the files: the SHA-256 of the
+//! file, taken by the loader just before it read that file: the SHA-256 of the
 //! content of a regular file after following symlinks, the identity of anything else
 //! (a FIFO a secret agent serves is never read here), or why it could not be read. A
 //! reload happens when a fingerprint differs, so unrelated events in the same folder,

@@ -62,8 +62,11 @@ pub struct Runtime {
     pub warnings: Vec<String>,
     /// The config file (as given) and every file it names that was read: certificates,
     /// keys, CA bundles, JWKS files, `{ file = ... }` secrets. What the file watch watches.
-    pub files: Vec<PathBuf>,
+    pub files: Vec<WatchedFile>,
 }
+
+/// A file a config load read, with its fingerprint from just before the read.
+pub type WatchedFile = (PathBuf, crate::watch::Fingerprint);
 
 pub struct ServerSettings {
     pub listen: SocketAddr,

@@ -78,9 +78,12 @@ pub fn load(path: &Path) -> Result<Runtime, ConfigErrors> {
 
 /// [`load`], also returning the files the attempt read or tried to read (the config
 /// itself first, then every certificate, key, CA bundle, JWKS and secret file it names),
-/// whether or not it loaded: what the file watch watches after a failed reload, so
-/// that creating a missing file the config names retries it.
-pub fn load_naming_files(path: &Path) -> (Result<Runtime, ConfigErrors>, Vec<PathBuf>) {
+/// each with its fingerprint taken just before it was read, whether or not it loaded:
+/// what the file watch watches after a failed reload, so that creating a missing file
+/// the config names retries it.
+pub fn load_naming_files(path: &Path) -> (Result<Runtime, ConfigErrors>, Vec<WatchedFile>) {
+    // Before reading: a change made after this differs from it, so it is never missed.
+    let config_file = (path.to_path_buf(), crate::watch::fingerprint(path));
     let bytes = match super::files::read_bounded(path) {
         Ok(b) => b,
         Err(e) => {
@@ -91,22 +94,17 @@ pub fn load_naming_files(path: &Path) -> (Result<Runtime, ConfigErrors>, Vec<Pat
                 key: String::new(),
                 message: format!("cannot read the config file: {e}"),
             }]);
-            return (Err(err), vec![path.to_path_buf()]);
+            return (Err(err), vec![config_file]);
         }
     };
     let src = match utf8_or_error(path, &bytes) {
         Ok(s) => s,
-        Err(e) => return (Err(e), vec![path.to_path_buf()]),
+        Err(e) => return (Err(e), vec![config_file]),
     };
     let mut v = Validator::new(path, src);
+    v.files.push(config_file);
     let rt = v.run();
-    let mut files = vec![path.to_path_buf()];
-    for f in std::mem::take(&mut v.files) {
-        if !files.contains(&f) {
-            files.push(f);
-        }
-    }
-    (rt, files)
+    (rt, v.files)
 }
 
 fn utf8_or_error<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, ConfigErrors> {
@@ -141,8 +139,9 @@ struct Validator<'a> {
     errors: Vec<ConfigError>,
     warnings: Vec<String>,
     certs: Vec<CertInfo>,
-    /// Every file read (or tried) so far, resolved as read: the watch set.
-    files: Vec<PathBuf>,
+    /// Every file read (or tried) so far, resolved as read, with its fingerprint from
+    /// just before: the watch set.
+    files: Vec<WatchedFile>,
 }
 
 impl<'a> Validator<'a> {
@@ -163,14 +162,7 @@ impl<'a> Validator<'a> {
         };
         match self.build(raw) {
             Some(mut rt) if self.errors.is_empty() => {
-                rt.files = std::iter::once(self.file.clone())
-                    .chain(self.files.iter().cloned())
-                    .fold(Vec::new(), |mut v, f| {
-                        if !v.contains(&f) {
-                            v.push(f);
-                        }
-                        v
-                    });
+                rt.files = self.files.clone();
                 Ok(rt)
             }
             _ => Err(ConfigErrors(std::mem::take(&mut self.errors))),
@@ -233,11 +225,12 @@ impl<'a> Validator<'a> {
         }
     }
 
-    /// [`path`](Self::path) of a file about to be read, remembered for the file watch.
+    /// [`path`](Self::path) of a file about to be read, remembered for the file watch
+    /// with its fingerprint now (before the read: a change after it is never missed).
     fn file(&mut self, p: &str) -> PathBuf {
         let p = self.path(p);
-        if !self.files.contains(&p) {
-            self.files.push(p.clone());
+        if !self.files.iter().any(|(f, _)| *f == p) {
+            self.files.push((p.clone(), crate::watch::fingerprint(&p)));
         }
         p
     }
