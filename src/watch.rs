@@ -322,7 +322,7 @@ mod tests {
         let a = dir.join("a.toml");
         let snap = snapshot(&[a.clone(), dir.join("b.key")]);
         let canon = std::fs::canonicalize(&dir).unwrap();
-        let dirs = dirs_to_watch(&[a.clone()]);
+        let dirs = dirs_to_watch(std::slice::from_ref(&a));
         assert!(dirs.contains(&canon), "{dirs:?}");
         assert!(
             dirs.contains(&canon.join("..2026_12_06_00_00_01")),
@@ -332,7 +332,7 @@ mod tests {
         // Same content published again: nothing changed.
         publish(&dir, 2, &[("a.toml", "one"), ("b.key", "k")]);
         assert_eq!(changed(&snap), Vec::<PathBuf>::new());
-        let dirs = dirs_to_watch(&[a.clone()]);
+        let dirs = dirs_to_watch(std::slice::from_ref(&a));
         assert!(
             dirs.contains(&canon.join("..2026_12_06_00_00_02")),
             "{dirs:?}"
