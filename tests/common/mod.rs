@@ -203,8 +203,8 @@ cert = "certs/server.crt"
 key = "certs/server.key"
 drain_timeout_s = 5
 threads = 2
-watch_files = {watch_files}
 {server_extra}
+watch_files = {watch_files}
 
 [admin]
 listen = "127.0.0.1:{admin_port}"
