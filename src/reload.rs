@@ -8,17 +8,22 @@
 //! `proxy_protocol` are fixed at start, and so is the `[audit]` table (one writer and one
 //! pseudonym key per process, so that pseudonyms stay comparable) and the `[tracing]` table
 //! (one span exporter per process): a change to them is reported as needing a restart.
+//!
+//! The same reload runs when a watched file changes ([`crate::watch`]): the reloader
+//! keeps, for the watcher, every file its last attempt read with the fingerprint the
+//! loader took just before reading it.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::admin::metrics;
 use crate::auth::Authenticator;
-use crate::config::{self, ConfigErrors, Runtime};
+use crate::config::{self, ConfigErrors, Runtime, WatchedFile};
 use crate::gate::Live;
 use crate::proxy::Shared;
 use crate::tls::SwappableCert;
+use crate::watch;
 
 pub struct Reloader {
     pub path: PathBuf,
@@ -28,7 +33,11 @@ pub struct Reloader {
     pub cert: Arc<SwappableCert>,
     pub io: tokio::runtime::Handle,
     generation: AtomicU64,
-    lock: std::sync::Mutex<()>,
+    lock: Mutex<()>,
+    /// Every file the last attempt read (the config first) and how it was just before.
+    watched: Mutex<Vec<WatchedFile>>,
+    /// Counts reload attempts, for the file watcher.
+    attempts: tokio::sync::watch::Sender<u64>,
 }
 
 /// Publishes `gatehouse_certificate_expiry_timestamp_seconds` for every loaded certificate.
@@ -134,6 +143,10 @@ impl Reloader {
         io: tokio::runtime::Handle,
     ) -> Self {
         let boot = shared.live.load().rt.clone();
+        let mut files = boot.files.clone();
+        if !files.iter().any(|(p, _)| *p == path) {
+            files.insert(0, (path.clone(), watch::fingerprint(&path)));
+        }
         Reloader {
             path,
             boot,
@@ -141,16 +154,58 @@ impl Reloader {
             cert,
             io,
             generation: AtomicU64::new(1),
-            lock: std::sync::Mutex::new(()),
+            lock: Mutex::new(()),
+            watched: Mutex::new(files),
+            attempts: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// The files the last reload attempt read (the config file first), each with its
+    /// fingerprint from just before that attempt read it.
+    pub fn watched(&self) -> Vec<WatchedFile> {
+        self.watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes after every reload attempt, successful or not.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.attempts.subscribe()
+    }
+
+    /// Records what an attempt read; after a refused one (`keep`) the files watched
+    /// before stay watched too.
+    fn watch_next(&self, read: Vec<WatchedFile>, keep: bool) {
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        let before = std::mem::replace(&mut *watched, read);
+        if keep {
+            for (p, f) in before {
+                if !watched.iter().any(|(q, _)| *q == p) {
+                    watched.push((p, f));
+                }
+            }
+        }
+    }
+
+    /// Tells the watcher an attempt is over (after the new config is live).
+    fn attempted(&self) {
+        self.attempts.send_modify(|n| *n += 1);
     }
 
     /// Reloads once. `Ok` holds the settings that changed but need a restart.
     pub fn reload(&self) -> Result<Vec<String>, ConfigErrors> {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let new = match config::load(&self.path) {
-            Ok(rt) => Arc::new(rt),
+        let (loaded, files) = config::load_naming_files(&self.path);
+        let new = match loaded {
+            Ok(rt) => {
+                self.watch_next(files, false);
+                Arc::new(rt)
+            }
             Err(e) => {
+                // What the broken config tried to read: creating a file it names but is
+                // missing retries.
+                self.watch_next(files, true);
                 metrics::CONFIG_RELOADS_TOTAL
                     .with_label_values(&["error"])
                     .inc();
@@ -158,6 +213,7 @@ impl Reloader {
                     tracing::error!(target: "gatehouse::reload", "{err}");
                 }
                 tracing::error!(target: "gatehouse::reload", errors = e.0.len(), "reload refused; still serving the previous config");
+                self.attempted();
                 return Err(e);
             }
         };
@@ -193,6 +249,7 @@ impl Reloader {
             tracing::warn!(target: "gatehouse::reload", setting = %r, "changed in the file but only applies after a restart");
         }
         tracing::info!(target: "gatehouse::reload", generation, routes = new.routes.len(), "config reloaded");
+        self.attempted();
         Ok(restart)
     }
 }

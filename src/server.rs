@@ -342,6 +342,13 @@ impl Gatehouse {
             }
             Arc::new(Mutex::new(e))
         });
+        // Watches the config and the files it names; stops with the admin listeners
+        // (shutdown, or an upgrade handing over to the new process).
+        bg.spawn(crate::watch::run(
+            reloader.clone(),
+            shared.clone(),
+            stop_plain.subscribe(),
+        ));
         if let Some(signals) = signals {
             bg.spawn(signal_loop(
                 signals,

@@ -293,6 +293,8 @@ defects! {
         key "server.threads" at "\"two\"", says ["invalid type", "expected i64"];
     proxy_protocol_is_a_boolean: ["threads = 2" => "threads = 2\nproxy_protocol = \"v2\""]
         key "server.proxy_protocol" at "\"v2\"", says ["invalid type", "expected a boolean"];
+    watch_files_not_a_boolean: ["threads = 2" => "threads = 2\nwatch_files = \"yes\""]
+        key "server.watch_files" at "\"yes\"", says ["invalid type", "expected a boolean"];
     missing_required_key_names_the_key: ["upstream = \"billing\"\n" => ""]
         key "routes[2].upstream" at "[[routes]]\nname = \"billing\"",
         says ["missing field `upstream`", "add it"];

@@ -150,3 +150,50 @@ fn columns_count_characters() {
         errors[0]
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// The files a load names: what the file watch watches.
+
+#[test]
+fn a_load_names_the_config_and_every_file_it_read() {
+    let fx = Fixture::new();
+    let rt = fx.load_ok(BASE);
+    let conf = fx.root().join("conf");
+    let names: Vec<PathBuf> = rt.files.iter().map(|(p, _)| p.clone()).collect();
+    // Resolved next to the config as given, `..` kept: not canonicalised.
+    let mut want = vec![
+        conf.join("gatehouse.toml"),
+        conf.join("../certs/server.crt"),
+        conf.join("../certs/server.key"),
+        conf.join("pseudonym.key"),
+        conf.join("keys/corp.jwks.json"),
+        conf.join("../certs/ca.crt"),
+        conf.join("../certs/client.crt"),
+        conf.join("../certs/client.key"),
+    ];
+    want.sort();
+    let mut got = names.clone();
+    got.sort();
+    assert_eq!(got, want, "each once");
+    assert_eq!(names[0], conf.join("gatehouse.toml"), "the config first");
+    // Each with the fingerprint of what was read.
+    for (p, f) in &rt.files {
+        assert_eq!(*f, gatehouse::watch::fingerprint(p), "{}", p.display());
+    }
+
+    // A refused config still names what it tried to read, missing files included.
+    let text = edit(
+        BASE,
+        "cert = \"../certs/server.crt\"",
+        "cert = \"../certs/next.crt\"",
+    );
+    let path = fx.write(&text);
+    let (loaded, files) = config::load_naming_files(&path);
+    assert!(loaded.is_err());
+    let next = conf.join("../certs/next.crt");
+    let (_, f) = files
+        .iter()
+        .find(|(p, _)| *p == next)
+        .expect("the missing certificate is named");
+    assert!(matches!(f, gatehouse::watch::Fingerprint::Unreadable(_)));
+}

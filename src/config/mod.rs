@@ -24,7 +24,7 @@ use crate::auth::IssuerSettings;
 use crate::policy::route::Route;
 use crate::tls::TlsMin;
 
-pub use validate::load;
+pub use validate::{load, load_naming_files};
 
 /// Upper bound of `server.drain_timeout_s` (an hour): longer is a mistake, not a policy.
 pub const MAX_DRAIN_TIMEOUT_S: u64 = 3600;
@@ -62,7 +62,13 @@ pub struct Runtime {
     pub owned_headers: Vec<HeaderName>,
     pub certificates: Vec<CertInfo>,
     pub warnings: Vec<String>,
+    /// The config file (as given) and every file it names that was read: certificates,
+    /// keys, CA bundles, JWKS files, `{ file = ... }` secrets. What the file watch watches.
+    pub files: Vec<WatchedFile>,
 }
+
+/// A file a config load read, with its fingerprint from just before the read.
+pub type WatchedFile = (PathBuf, crate::watch::Fingerprint);
 
 pub struct ServerSettings {
     pub listen: SocketAddr,
@@ -82,6 +88,8 @@ pub struct ServerSettings {
     pub proxy_protocol: bool,
     /// Protocol limits (SPEC section 7).
     pub limits: Limits,
+    /// Reload when the config file or a file it names changes (as SIGHUP does).
+    pub watch_files: bool,
 }
 
 /// Downstream protocol limits (SPEC section 7): read live by each new connection.

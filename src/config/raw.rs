@@ -59,6 +59,7 @@ pub struct RawServer {
     pub trusted_proxies: Option<S<Vec<S<String>>>>,
     #[serde(default)]
     pub proxy_protocol: Option<bool>,
+    pub watch_files: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -107,6 +107,9 @@ pub struct EnvOptions {
     pub upstream_addrs: Option<String>,
     pub issuer_down_at_start: bool,
     pub start_gateway: bool,
+    /// `server.watch_files`: off unless a test is about the file watch, so that tests
+    /// that edit the file and reload count exactly their own reloads.
+    pub watch_files: bool,
 }
 
 impl Default for EnvOptions {
@@ -119,6 +122,7 @@ impl Default for EnvOptions {
             upstream_addrs: None,
             issuer_down_at_start: false,
             start_gateway: true,
+            watch_files: false,
         }
     }
 }
@@ -200,6 +204,7 @@ key = "certs/server.key"
 drain_timeout_s = 5
 threads = 2
 {server_extra}
+watch_files = {watch_files}
 
 [admin]
 listen = "127.0.0.1:{admin_port}"
@@ -228,6 +233,7 @@ read_timeout_ms = 1500
 {routes}
 "#,
             server_extra = o.server_extra,
+            watch_files = o.watch_files,
             issuer = issuer.issuer_url(),
             issuer_extra = o.issuer_extra.replace("{issuer}", &issuer.issuer_url()),
             upstream_extra = o.upstream_extra,

@@ -31,7 +31,7 @@ impl Validator<'_> {
             }
             [false, false, true] => {
                 let f = r.jwks_file.as_ref().unwrap();
-                let p = self.path(f.get_ref());
+                let p = self.file(f.get_ref());
                 match crate::config::files::read_bounded(&p) {
                     // Parsed exactly as the verifier will: a file whose keys are all
                     // unusable (wrong type, `use = "enc"`, short RSA) is refused here

@@ -158,6 +158,7 @@ impl Validator<'_> {
             trusted_proxies,
             proxy_protocol: r.proxy_protocol.unwrap_or(false),
             limits,
+            watch_files: r.watch_files.unwrap_or(true),
         })
     }
 
@@ -190,8 +191,8 @@ impl Validator<'_> {
         key_key: &str,
         name: String,
     ) -> Option<(rustls::sign::CertifiedKey, Vec<Vec<u8>>, Vec<u8>)> {
-        let cp = self.path(cert.get_ref());
-        let kp = self.path(key.get_ref());
+        let cp = self.file(cert.get_ref());
+        let kp = self.file(key.get_ref());
         let certs = match crate::tls::read_certs(&cp) {
             Ok(c) => c,
             Err(e) => {
@@ -236,7 +237,7 @@ impl Validator<'_> {
         key: &str,
         name: String,
     ) -> Option<(Vec<u8>, Vec<rustls::pki_types::CertificateDer<'static>>)> {
-        let p = self.path(ca.get_ref());
+        let p = self.file(ca.get_ref());
         let pem = match crate::config::files::read_bounded(&p) {
             Ok(b) => b,
             Err(e) => {

@@ -73,23 +73,42 @@ const WARN_EXPIRY_DAYS: i64 = 30;
 
 /// Loads and validates a config file. `Err` holds every error found.
 pub fn load(path: &Path) -> Result<Runtime, ConfigErrors> {
-    let bytes = super::files::read_bounded(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            col: 0,
-            key: String::new(),
-            message: format!("cannot read the config file: {e}"),
-        }])
-    })?;
-    load_bytes(path, &bytes)
+    load_naming_files(path).0
 }
 
-/// Validates config file contents as if read from `path` (relative paths resolve next to
-/// it): bytes that are not UTF-8 are an error at the first bad one, then [`load_str`].
-/// Public so the whole loader can be fuzzed without a file.
-pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<Runtime, ConfigErrors> {
-    let src = super::files::utf8(bytes).map_err(|(line, col)| {
+/// [`load`], also returning the files the attempt read or tried to read (the config
+/// itself first, then every certificate, key, CA bundle, JWKS and secret file it names),
+/// each with its fingerprint taken just before it was read, whether or not it loaded:
+/// what the file watch watches after a failed reload, so that creating a missing file
+/// the config names retries it.
+pub fn load_naming_files(path: &Path) -> (Result<Runtime, ConfigErrors>, Vec<WatchedFile>) {
+    // Before reading: a change made after this differs from it, so it is never missed.
+    let config_file = (path.to_path_buf(), crate::watch::fingerprint(path));
+    let bytes = match super::files::read_bounded(path) {
+        Ok(b) => b,
+        Err(e) => {
+            let err = ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                col: 0,
+                key: String::new(),
+                message: format!("cannot read the config file: {e}"),
+            }]);
+            return (Err(err), vec![config_file]);
+        }
+    };
+    let src = match utf8_or_error(path, &bytes) {
+        Ok(s) => s,
+        Err(e) => return (Err(e), vec![config_file]),
+    };
+    let mut v = Validator::new(path, src);
+    v.files.push(config_file);
+    let rt = v.run();
+    (rt, v.files)
+}
+
+fn utf8_or_error<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, ConfigErrors> {
+    super::files::utf8(bytes).map_err(|(line, col)| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
             line,
@@ -98,31 +117,19 @@ pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<Runtime, ConfigErrors> {
             message: "this byte is not UTF-8; save the file as UTF-8 (checking stops here)"
                 .to_string(),
         }])
-    })?;
-    load_str(path, src)
+    })
+}
+
+/// Validates config file contents as if read from `path` (relative paths resolve next to
+/// it): bytes that are not UTF-8 are an error at the first bad one, then [`load_str`].
+/// Public so the whole loader can be fuzzed without a file.
+pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<Runtime, ConfigErrors> {
+    load_str(path, utf8_or_error(path, bytes)?)
 }
 
 /// Validates config text as if read from `path` (relative paths resolve next to it).
 pub fn load_str(path: &Path, src: &str) -> Result<Runtime, ConfigErrors> {
-    let mut v = Validator::new(path, src);
-    let raw: RawConfig = match super::raw::parse(src) {
-        Ok(r) => r,
-        Err(e) => {
-            // Syntax and schema errors stop the parse: say so, or an operator who fixes
-            // this one would be surprised by the next.
-            let message = format!(
-                "{} (checking stops at the first syntax or schema error: fix it and run check again)",
-                e.message.replace('\n', " ")
-            );
-            v.err(e.span, e.key, message);
-            return Err(ConfigErrors(v.errors));
-        }
-    };
-    let rt = v.build(raw);
-    match rt {
-        Some(rt) if v.errors.is_empty() => Ok(rt),
-        _ => Err(ConfigErrors(v.errors)),
-    }
+    Validator::new(path, src).run()
 }
 
 struct Validator<'a> {
@@ -132,9 +139,36 @@ struct Validator<'a> {
     errors: Vec<ConfigError>,
     warnings: Vec<String>,
     certs: Vec<CertInfo>,
+    /// Every file read (or tried) so far, resolved as read, with its fingerprint from
+    /// just before: the watch set.
+    files: Vec<WatchedFile>,
 }
 
 impl<'a> Validator<'a> {
+    /// Parses and validates the whole text.
+    fn run(&mut self) -> Result<Runtime, ConfigErrors> {
+        let raw: RawConfig = match super::raw::parse(self.src) {
+            Ok(r) => r,
+            Err(e) => {
+                // Syntax and schema errors stop the parse: say so, or an operator who
+                // fixes this one would be surprised by the next.
+                let message = format!(
+                    "{} (checking stops at the first syntax or schema error: fix it and run check again)",
+                    e.message.replace('\n', " ")
+                );
+                self.err(e.span, e.key, message);
+                return Err(ConfigErrors(std::mem::take(&mut self.errors)));
+            }
+        };
+        match self.build(raw) {
+            Some(mut rt) if self.errors.is_empty() => {
+                rt.files = self.files.clone();
+                Ok(rt)
+            }
+            _ => Err(ConfigErrors(std::mem::take(&mut self.errors))),
+        }
+    }
+
     fn new(path: &Path, src: &'a str) -> Self {
         let dir = path
             .parent()
@@ -154,6 +188,7 @@ impl<'a> Validator<'a> {
             errors: Vec::new(),
             warnings: Vec::new(),
             certs: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -188,6 +223,16 @@ impl<'a> Validator<'a> {
         } else {
             self.dir.join(p)
         }
+    }
+
+    /// [`path`](Self::path) of a file about to be read, remembered for the file watch
+    /// with its fingerprint now (before the read: a change after it is never missed).
+    fn file(&mut self, p: &str) -> PathBuf {
+        let p = self.path(p);
+        if !self.files.iter().any(|(f, _)| *f == p) {
+            self.files.push((p.clone(), crate::watch::fingerprint(&p)));
+        }
+        p
     }
 
     fn addr(&mut self, s: &S<String>, key: &str) -> Option<SocketAddr> {
@@ -230,7 +275,7 @@ impl<'a> Validator<'a> {
                     }
                 },
                 (None, Some(file)) => {
-                    let p = self.path(file);
+                    let p = self.file(file);
                     match super::files::read_secret_bounded(&p) {
                         Ok(mut v) => {
                             while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
@@ -413,6 +458,7 @@ impl<'a> Validator<'a> {
             owned_headers: owned,
             certificates: std::mem::take(&mut self.certs),
             warnings: std::mem::take(&mut self.warnings),
+            files: Vec::new(),
         })
     }
 }
