@@ -190,6 +190,16 @@ fn bench(c: &mut Criterion) {
     });
     let key = gatehouse::cache::DecisionCache::key(route.index, &f.token);
     g.bench_function("part: cache get", |b| b.iter(|| f.live.cache.get(&key)));
+    // The cold path's cache work: a new key each time, into a cache that is full.
+    let full = gatehouse::cache::DecisionCache::new(10_000, 300);
+    let mut n = 0u64;
+    g.bench_function("part: cache insert (full cache, new key)", |b| {
+        b.iter(|| {
+            n += 1;
+            let k = gatehouse::cache::DecisionCache::key(0, &n.to_string());
+            full.insert(k, Ok(grant.clone()), None, u64::MAX);
+        })
+    });
     g.bench_function("part: route find", |b| {
         b.iter(|| {
             route::find(

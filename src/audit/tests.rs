@@ -341,3 +341,10 @@ async fn stdout_sink_writes_and_stays_healthy() {
     log.flush().await;
     assert!(log.healthy().is_ok());
 }
+
+#[test]
+fn hex_lower_matches_the_hex_crate() {
+    let all: Vec<u8> = (0..=255).collect();
+    assert_eq!(super::hex_lower(&all), hex::encode(&all));
+    assert_eq!(super::hex_lower(&[]), "");
+}

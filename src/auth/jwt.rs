@@ -45,8 +45,7 @@ fn err(reason: DenyReason, detail: &str) -> AuthError {
 }
 
 fn is_b64url(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    super::all_in(s.as_bytes(), super::B64URL)
 }
 
 /// Whether the token has the JWS compact shape: three dot-separated base64url parts, the

@@ -21,7 +21,7 @@ pub fn valid_request_id(v: &[u8]) -> bool {
 pub fn new_request_id() -> String {
     let mut b = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut b);
-    hex::encode(b)
+    crate::audit::hex_lower(&b)
 }
 
 /// Headers the gateway sets on every forwarded request (client copies are replaced).
