@@ -30,7 +30,7 @@ fn owned_headers_are_identity_plus_every_row_filter_header() {
     let fx = Fixture::new();
     let rt = fx.load_ok(BASE);
     let owned: Vec<&str> = rt.owned_headers.iter().map(|h| h.as_str()).collect();
-    for h in config::IDENTITY_HEADERS {
+    for h in gatehouse::names::IDENTITY_HEADERS {
         assert!(owned.contains(&h), "{h} missing from {owned:?}");
     }
     for h in [

@@ -36,14 +36,6 @@ pub const MAX_LEEWAY_S: u64 = 300;
 /// Upper bound of `server.threads`.
 pub const MAX_THREADS: i64 = 1024;
 
-/// Identity headers gatehouse sets; client copies are always removed.
-pub const IDENTITY_HEADERS: [&str; 4] = [
-    "x-auth-subject",
-    "x-auth-client-id",
-    "x-auth-roles",
-    "x-auth-issuer",
-];
-
 /// The validated configuration. Immutable: a reload builds a new one.
 pub struct Runtime {
     pub file: PathBuf,
@@ -268,7 +260,7 @@ impl Runtime {
                 .map(|m| m.join(","))
                 .unwrap_or_else(|| "*".into());
             let who = match r.auth {
-                crate::policy::route::AuthMode::None => "public".to_string(),
+                crate::policy::route::AuthMode::None => crate::names::Decision::Public.to_string(),
                 _ if r.allow_roles.is_empty() => "any authenticated caller".to_string(),
                 _ => format!("roles {}", r.allow_roles.join("|")),
             };

@@ -12,6 +12,7 @@ use super::route::{AuthMode, Route};
 use super::row_filter::{encode, RenderError, Values};
 use crate::auth::{AuthError, DenyReason, Identity};
 use crate::config::RoleSettings;
+use crate::names::header;
 
 /// Where a role came from (shown by `explain`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,30 +173,18 @@ pub fn decide(
     }
     let mut headers = Vec::with_capacity(4 + route.row_filters.len());
     if let Some(sub) = &id.sub {
-        headers.push((
-            HeaderName::from_static("x-auth-subject"),
-            header_value(&encode(sub)),
-        ));
+        headers.push((header::X_AUTH_SUBJECT, header_value(&encode(sub))));
     }
     if id.is_client {
         if let Some(c) = &id.client_id {
-            headers.push((
-                HeaderName::from_static("x-auth-client-id"),
-                header_value(&encode(c)),
-            ));
+            headers.push((header::X_AUTH_CLIENT_ID, header_value(&encode(c))));
         }
     }
     let joined: Vec<String> = roles.iter().map(|r| encode(r)).collect();
-    headers.push((
-        HeaderName::from_static("x-auth-roles"),
-        header_value(&joined.join(",")),
-    ));
+    headers.push((header::X_AUTH_ROLES, header_value(&joined.join(","))));
     // Verbatim: `iss` matched a configured issuer exactly, and config accepts only https
     // URLs there, so a backend can compare it with its IdP's URL as is.
-    headers.push((
-        HeaderName::from_static("x-auth-issuer"),
-        header_value(&id.iss),
-    ));
+    headers.push((header::X_AUTH_ISSUER, header_value(&id.iss)));
     let view = View { id, roles: &roles };
     for f in &route.row_filters {
         if f.except_roles.iter().any(|r| roles.contains(r)) {

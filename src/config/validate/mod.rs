@@ -25,6 +25,7 @@ use indexmap::IndexMap;
 use super::raw::*;
 use super::*;
 use crate::auth::{Introspection, IssuerSettings, KeySource};
+use crate::names::{self, ALWAYS_STRIPPED, IDENTITY_HEADERS};
 use crate::policy::route::{normalize_prefix, AuthMode, Route, RowFilter};
 use crate::policy::row_filter::Template;
 
@@ -43,16 +44,16 @@ const RESERVED_HEADERS: &[&str] = &[
     "authorization",
     "cookie",
     "content-length",
-    "x-forwarded-for",
-    "x-forwarded-proto",
+    names::X_FORWARDED_FOR,
+    names::X_FORWARDED_PROTO,
     "x-forwarded-host",
     "forwarded",
-    "x-request-id",
+    names::X_REQUEST_ID,
     "traceparent",
-    "x-auth-subject",
-    "x-auth-client-id",
-    "x-auth-roles",
-    "x-auth-issuer",
+    names::X_AUTH_SUBJECT,
+    names::X_AUTH_CLIENT_ID,
+    names::X_AUTH_ROLES,
+    names::X_AUTH_ISSUER,
 ];
 
 /// The hop-by-hop part of [`RESERVED_HEADERS`] (RFC 9110 section 7.6.1 and friends).

@@ -241,7 +241,7 @@ impl Validator<'_> {
                 let dashed = hname.replace('_', "-");
                 let owned_elsewhere = hname.contains('_')
                     && (RESERVED_HEADERS.contains(&dashed.as_str())
-                        || crate::proxy::headers::ALWAYS_STRIPPED.contains(&dashed.as_str())
+                        || ALWAYS_STRIPPED.contains(&dashed.as_str())
                         || filter_headers.contains(&dashed));
                 let header = match HeaderName::from_bytes(hname.as_bytes()) {
                     Ok(h) if owned_elsewhere => {
@@ -258,13 +258,13 @@ impl Validator<'_> {
                     }
                     Ok(h)
                         if RESERVED_HEADERS.contains(&hname.as_str())
-                            || crate::proxy::headers::ALWAYS_STRIPPED.contains(&hname.as_str()) =>
+                            || ALWAYS_STRIPPED.contains(&hname.as_str()) =>
                     {
                         let kind = if HOP_BY_HOP.contains(&hname.as_str()) {
                             "a hop-by-hop header (never forwarded)"
                         } else if IDENTITY_HEADERS.contains(&hname.as_str()) {
                             "an identity header (gatehouse sets it from the token)"
-                        } else if crate::proxy::headers::ALWAYS_STRIPPED.contains(&hname.as_str()) {
+                        } else if ALWAYS_STRIPPED.contains(&hname.as_str()) {
                             "a header backends trust for the method, URL, client address or certificate (gatehouse strips it)"
                         } else {
                             "a header gatehouse sets or relies on"
