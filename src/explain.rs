@@ -677,7 +677,7 @@ fn authz_checks(
                     let skip = f.except_roles.iter().any(|x| held.contains(&x.as_str()));
                     format!(
                         "{}={}{}",
-                        crate::policy::matrix::display_header(f.header.as_str()),
+                        crate::matrix::display_header(f.header.as_str()),
                         f.template.source(),
                         if skip {
                             " (not applied: except_roles)"

@@ -5,7 +5,6 @@
 //! templates, loaded certificates and keys) and collects every error at once, each naming
 //! file, line, column, the key path and the fix.
 
-pub mod files;
 pub mod raw;
 pub mod validate;
 
@@ -114,12 +113,7 @@ pub struct CacheSettings {
     pub ttl_s: u64,
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct RoleSettings {
-    pub groups: Vec<String>,
-    pub clients: Vec<String>,
-    pub line: usize,
-}
+pub use crate::policy::rbac::RoleSettings;
 
 /// An upstream: addresses, TLS identity and trust, timeouts.
 pub struct Upstream {

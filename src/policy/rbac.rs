@@ -11,7 +11,6 @@ use indexmap::IndexMap;
 use super::route::{AuthMode, Route};
 use super::row_filter::{encode, RenderError, Values};
 use crate::auth::{AuthError, DenyReason, Identity};
-use crate::config::RoleSettings;
 use crate::names::header;
 
 /// Where a role came from (shown by `explain`).
@@ -26,6 +25,17 @@ pub enum RoleSource {
 pub struct RoleGrant {
     pub role: String,
     pub source: RoleSource,
+}
+
+/// One `[roles.NAME]`: who holds the role besides callers whose token names it.
+#[derive(Clone, Debug, Default)]
+pub struct RoleSettings {
+    /// Token groups any of which grants the role.
+    pub groups: Vec<String>,
+    /// Client IDs (client-credentials tokens) that hold the role.
+    pub clients: Vec<String>,
+    /// Line of the `[roles.NAME]` header in the config file.
+    pub line: usize,
 }
 
 /// Every role the caller holds, with its first source, sorted by role name.

@@ -22,7 +22,7 @@ pub enum TlsError {
     #[error("cannot read {}: {source}", path.display())]
     Read {
         path: PathBuf,
-        source: crate::config::files::ReadError,
+        source: crate::files::ReadError,
     },
     /// A PEM problem of the file at `path`.
     #[error("{}: {source}", path.display())]
@@ -56,7 +56,7 @@ impl TlsError {
         }
     }
 
-    fn read(path: &Path) -> impl FnOnce(crate::config::files::ReadError) -> TlsError + '_ {
+    fn read(path: &Path) -> impl FnOnce(crate::files::ReadError) -> TlsError + '_ {
         move |source| TlsError::Read {
             path: path.to_path_buf(),
             source,
@@ -73,7 +73,7 @@ pub enum TlsMin {
 
 /// Reads every certificate of a PEM file. An empty file is an error.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = crate::config::files::read_bounded(path).map_err(TlsError::read(path))?;
+    let pem = crate::files::read_bounded(path).map_err(TlsError::read(path))?;
     parse_certs(&pem).map_err(TlsError::in_file(path))
 }
 
@@ -94,7 +94,7 @@ pub fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// Reads the first private key (PKCS#8, SEC1 or PKCS#1) of a PEM file.
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = crate::config::files::read_bounded(path).map_err(TlsError::read(path))?;
+    let pem = crate::files::read_bounded(path).map_err(TlsError::read(path))?;
     rustls_pemfile::private_key(&mut &pem[..])
         .map_err(TlsError::NotPem)
         .and_then(|k| k.ok_or(TlsError::NoKey))

@@ -88,7 +88,7 @@ impl Validator<'_> {
     /// locking every caller out at run time.
     fn jwks_file(&mut self, name: &str, f: &S<String>) -> Option<KeySource> {
         let p = self.path(f.get_ref());
-        let message = match crate::config::files::read_bounded(&p) {
+        let message = match crate::files::read_bounded(&p) {
             Ok(b) => match crate::auth::jwks::parse_jwks(name, &b) {
                 Ok(set) if !set.keys.is_empty() => return Some(KeySource::JwksFile(p)),
                 Ok(_) => format!(

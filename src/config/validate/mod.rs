@@ -74,7 +74,7 @@ const WARN_EXPIRY_DAYS: i64 = 30;
 
 /// Loads and validates a config file. `Err` holds every error found.
 pub fn load(path: &Path) -> Result<Runtime, ConfigErrors> {
-    let bytes = super::files::read_bounded(path).map_err(|e| {
+    let bytes = crate::files::read_bounded(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
             line: 0,
@@ -90,7 +90,7 @@ pub fn load(path: &Path) -> Result<Runtime, ConfigErrors> {
 /// it): bytes that are not UTF-8 are an error at the first bad one, then [`load_str`].
 /// Public so the whole loader can be fuzzed without a file.
 pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<Runtime, ConfigErrors> {
-    let src = super::files::utf8(bytes).map_err(|(line, col)| {
+    let src = crate::files::utf8(bytes).map_err(|(line, col)| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
             line,
@@ -160,7 +160,7 @@ impl<'a> Validator<'a> {
 
     /// 1-based line and column (in characters) of a byte offset in the file.
     fn line_col(&self, offset: usize) -> (usize, usize) {
-        super::files::line_col(self.src, offset)
+        crate::files::line_col(self.src, offset)
     }
 
     fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
@@ -232,7 +232,7 @@ impl<'a> Validator<'a> {
                 },
                 (None, Some(file)) => {
                     let p = self.path(file);
-                    match super::files::read_secret_bounded(&p) {
+                    match crate::files::read_secret_bounded(&p) {
                         Ok(mut v) => {
                             while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                                 v.pop();
