@@ -48,6 +48,21 @@ pub const IDENTITY_HEADERS: [&str; 4] = [
     X_AUTH_ISSUER,
 ];
 
+/// Hop-by-hop headers (RFC 9110 section 7.6.1, and the h2c and proxy spellings): they
+/// describe one connection, are never relayed and cannot be a row-filter header.
+pub const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "http2-settings",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 /// Headers the gateway sets on every forwarded request (client copies are replaced).
 pub const FORWARDED_HEADERS: [&str; 3] = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID];
 

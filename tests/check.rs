@@ -347,6 +347,9 @@ defects! {
     row_filter_header_connection: [ROW_HEADER => "header = \"Connection\""]
         key "routes[1].row_filters[0].header" at "\"Connection\"",
         says ["\"Connection\" is a hop-by-hop header", "pick another name"];
+    row_filter_header_http2_settings: [ROW_HEADER => "header = \"HTTP2-Settings\""]
+        key "routes[1].row_filters[0].header" at "\"HTTP2-Settings\"",
+        says ["\"HTTP2-Settings\" is a hop-by-hop header", "pick another name"];
     row_filter_header_transfer_encoding: [ROW_HEADER => "header = \"Transfer-Encoding\""]
         key "routes[1].row_filters[0].header" at "\"Transfer-Encoding\"",
         says ["\"Transfer-Encoding\" is a hop-by-hop header", "pick another name"];

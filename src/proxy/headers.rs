@@ -3,7 +3,7 @@
 use http::{HeaderMap, HeaderName};
 use rand::RngCore;
 
-use crate::names::{ALWAYS_STRIPPED, FORWARDED_HEADERS};
+use crate::names::{ALWAYS_STRIPPED, FORWARDED_HEADERS, HOP_BY_HOP};
 
 /// Keeps a client's `X-Request-Id` when it is 1–128 characters of `A-Za-z0-9._-`,
 /// otherwise makes a new one (32 hex digits).
@@ -82,19 +82,6 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(n);
     }
 }
-
-const HOP_BY_HOP: [&str; 10] = [
-    "connection",
-    "http2-settings",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 #[cfg(test)]
 mod tests {

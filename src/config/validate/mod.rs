@@ -25,21 +25,13 @@ use indexmap::IndexMap;
 use super::raw::*;
 use super::*;
 use crate::auth::{Introspection, IssuerSettings, KeySource};
-use crate::names::{self, ALWAYS_STRIPPED, IDENTITY_HEADERS};
+use crate::names::{self, ALWAYS_STRIPPED, HOP_BY_HOP, IDENTITY_HEADERS};
 use crate::policy::route::{normalize_prefix, AuthMode, Route, RowFilter};
 use crate::policy::row_filter::Template;
 
-/// Headers a row filter may not use: hop-by-hop, identity and the ones gatehouse sets.
-const RESERVED_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers a row filter may not use besides the hop-by-hop ones: the identity headers
+/// and the ones gatehouse sets or relies on.
+const GATEWAY_HEADERS: &[&str] = &[
     "host",
     "authorization",
     "cookie",
@@ -56,18 +48,11 @@ const RESERVED_HEADERS: &[&str] = &[
     names::X_AUTH_ISSUER,
 ];
 
-/// The hop-by-hop part of [`RESERVED_HEADERS`] (RFC 9110 section 7.6.1 and friends).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// Whether a row filter may not use header `name` (lower case): hop-by-hop, identity, or
+/// one gatehouse sets or relies on.
+fn reserved_header(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name) || GATEWAY_HEADERS.contains(&name)
+}
 
 const DEFAULT_ALGS: &[&str] = &["RS256", "PS256", "ES256", "EdDSA"];
 const WARN_EXPIRY_DAYS: i64 = 30;

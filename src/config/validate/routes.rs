@@ -424,7 +424,7 @@ impl Validator<'_> {
         let hname = fr.header.get_ref().to_ascii_lowercase();
         let dashed = hname.replace('_', "-");
         let owned_elsewhere = hname.contains('_')
-            && (RESERVED_HEADERS.contains(&dashed.as_str())
+            && (reserved_header(&dashed)
                 || ALWAYS_STRIPPED.contains(&dashed.as_str())
                 || known.filter_headers.contains(&dashed));
         match HeaderName::from_bytes(hname.as_bytes()) {
@@ -440,10 +440,7 @@ impl Validator<'_> {
                 *ok = false;
                 Some(h)
             }
-            Ok(h)
-                if RESERVED_HEADERS.contains(&hname.as_str())
-                    || ALWAYS_STRIPPED.contains(&hname.as_str()) =>
-            {
+            Ok(h) if reserved_header(&hname) || ALWAYS_STRIPPED.contains(&hname.as_str()) => {
                 let kind = if HOP_BY_HOP.contains(&hname.as_str()) {
                     "a hop-by-hop header (never forwarded)"
                 } else if IDENTITY_HEADERS.contains(&hname.as_str()) {
