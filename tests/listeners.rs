@@ -418,6 +418,20 @@ fn serve_with_https_port_in_use_exits_2_naming_the_address() {
     );
 }
 
+/// `serve` refuses the env's config with exit 1 naming `what`, and so does `check`: it
+/// must not pass what `serve` cannot start.
+fn serve_and_check_refuse(env: &Env, what: &str) {
+    let (serve, serve_out) = run_cli(env, "serve");
+    assert_eq!(serve, Some(1), "{serve_out}");
+    assert!(serve_out.contains(what), "{serve_out}");
+    let (check, out) = run_cli(env, "check");
+    assert_eq!(
+        check,
+        Some(1),
+        "check passes what serve cannot start: {out}"
+    );
+}
+
 /// `check` and `serve` both refuse (exit 1) `admin.listen` equal to `server.listen`.
 #[test]
 fn check_refuses_two_listeners_on_one_address() {
@@ -428,15 +442,7 @@ fn check_refuses_two_listeners_on_one_address() {
         &format!("listen = \"{admin}\""),
         &format!("listen = \"{}\"", env.https),
     );
-    let (serve, serve_out) = run_cli(&env, "serve");
-    assert_eq!(serve, Some(1), "{serve_out}");
-    assert!(serve_out.contains("admin.listen"), "{serve_out}");
-    let (check, out) = run_cli(&env, "check");
-    assert_eq!(
-        check,
-        Some(1),
-        "check passes what serve cannot start: {out}"
-    );
+    serve_and_check_refuse(&env, "admin.listen");
 }
 
 /// `check` and `serve` both refuse (exit 1) an `audit.path` that cannot be a directory.
@@ -444,15 +450,7 @@ fn check_refuses_two_listeners_on_one_address() {
 fn check_refuses_an_audit_path_serve_cannot_open() {
     let env = ops_env(false);
     edit_config(&env, "path = \"audit\"", "path = \"pseudonym.key/audit\"");
-    let (serve, serve_out) = run_cli(&env, "serve");
-    assert_eq!(serve, Some(1), "{serve_out}");
-    assert!(serve_out.contains("audit"), "{serve_out}");
-    let (check, out) = run_cli(&env, "check");
-    assert_eq!(
-        check,
-        Some(1),
-        "check passes what serve cannot start: {out}"
-    );
+    serve_and_check_refuse(&env, "audit");
 }
 
 /// `check` warns when the unauthenticated admin listener is bound off loopback.
