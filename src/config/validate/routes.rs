@@ -495,7 +495,7 @@ impl Validator<'_> {
             }
             Ok(t) => Some(t),
             Err(e) => {
-                self.err(fr.value.span(), fk, e);
+                self.err(fr.value.span(), fk, e.to_string());
                 *ok = false;
                 None
             }
