@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
                             "GET",
                             "/orders/42?x=1",
                         );
-                        rec.decision = "allow";
+                        rec.decision = gatehouse::names::Decision::Allow;
                         rec.subject = Some(
                             log.pseudonymizer()
                                 .subject("https://idp.example/tenant", "alice"),

@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::{AuthError, Authenticator, DenyReason, Identity, IssuerSettings, KeySource};
 use crate::config::Runtime;
+use crate::names::Decision;
 use crate::policy::rbac::{self, RoleGrant};
 use crate::policy::route::{self, AuthMode, Route};
 
@@ -106,8 +107,7 @@ pub struct Explanation {
     pub token_checks: Vec<Check>,
     pub roles: Vec<RoleGrant>,
     pub authz_checks: Vec<Check>,
-    /// `allow`, `deny` or `public`.
-    pub decision: &'static str,
+    pub decision: Decision,
     /// Deny reason (docs/reference.md; `no_route` and `bad_path` for the gateway's own 404 / 400).
     pub reason: Option<String>,
     pub detail: Option<String>,
@@ -160,7 +160,7 @@ pub fn explain(
         token_checks: Vec::new(),
         roles: Vec::new(),
         authz_checks: Vec::new(),
-        decision: "deny",
+        decision: Decision::Deny,
         reason: None,
         detail: None,
         headers: Vec::new(),
@@ -203,7 +203,7 @@ pub fn explain(
     }
     e.route = Some(r.clone());
     if r.auth == AuthMode::None {
-        e.decision = "public";
+        e.decision = Decision::Public;
         e.status = 200;
         e.forwarded = true;
         return Ok(e);
@@ -221,7 +221,7 @@ pub fn explain(
     e.authz_checks = authz_checks(&r, &id, &e.roles, decided.as_ref().err());
     match decided {
         Ok(grant) => {
-            e.decision = "allow";
+            e.decision = Decision::Allow;
             e.status = 200;
             e.forwarded = true;
             e.headers = grant
@@ -240,7 +240,7 @@ pub fn explain(
 }
 
 fn refuse(mut e: Explanation, reason: &str, detail: String, status: u16) -> Explanation {
-    e.decision = "deny";
+    e.decision = Decision::Deny;
     e.reason = Some(reason.to_string());
     e.detail = Some(detail);
     e.status = status;
@@ -676,7 +676,7 @@ fn authz_checks(
                     let skip = f.except_roles.iter().any(|x| held.contains(&x.as_str()));
                     format!(
                         "{}={}{}",
-                        crate::policy::matrix::display_header(f.header.as_str()),
+                        crate::matrix::display_header(f.header.as_str()),
                         f.template.source(),
                         if skip {
                             " (not applied: except_roles)"

@@ -189,7 +189,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Matrix { config, format } => {
-            ExitCode::from(gatehouse::policy::matrix::matrix_cli(&config, &format) as u8)
+            ExitCode::from(gatehouse::matrix::matrix_cli(&config, &format) as u8)
         }
         Cmd::Explain {
             config,

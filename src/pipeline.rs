@@ -23,6 +23,7 @@ use http::{HeaderMap, HeaderValue};
 use crate::auth::{AuthError, DenyReason};
 use crate::config::Runtime;
 use crate::gate::{Live, Outcome};
+use crate::names::header;
 use crate::policy::rbac::Caller;
 use crate::policy::route::{self, AuthMode, Route};
 use crate::proxy::headers;
@@ -108,7 +109,8 @@ fn host_of(head: &http::request::Parts) -> Result<Option<String>, Problem> {
 /// headers gatehouse owns, and decides. The head is rewritten in place (normalised path,
 /// stripped headers); on `Ok` it is ready for [`forward_headers`].
 pub async fn admit(live: &Live, head: &mut http::request::Parts) -> Admission {
-    let request_id = headers::request_id(head.headers.get("x-request-id").map(|v| v.as_bytes()));
+    let request_id =
+        headers::request_id(head.headers.get(header::X_REQUEST_ID).map(|v| v.as_bytes()));
     admit_with_id(live, head, request_id).await
 }
 
@@ -182,10 +184,10 @@ pub fn forward_headers(
         }
     }
     let (chain, client) = forwarded_for(headers, peer, trusted);
-    headers.insert("x-forwarded-for", chain);
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    headers.insert(header::X_FORWARDED_FOR, chain);
+    headers.insert(header::X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert("x-request-id", v);
+        headers.insert(header::X_REQUEST_ID, v);
     }
     if !headers.contains_key(HOST) {
         if let Some(v) = uri
@@ -214,7 +216,7 @@ pub fn forwarded_for(
         return (own(), peer);
     }
     let received: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+        .get_all(header::X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))

@@ -73,7 +73,7 @@ pub fn fingerprint(path: &Path) -> Fingerprint {
         },
         // Opened without blocking and checked again on the handle: a FIFO swapped in
         // between is refused, not waited on.
-        Ok(_) => match crate::config::files::read_bounded(path) {
+        Ok(_) => match crate::files::read_bounded(path) {
             Ok(bytes) => Fingerprint::Content(Sha256::digest(&bytes).into()),
             Err(e) => Fingerprint::Unreadable(e.to_string()),
         },

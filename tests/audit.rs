@@ -1,11 +1,13 @@
 //! The audit log end to end (SPEC section 5): exact fields for allowed, denied and public
 //! requests, pseudonyms stable across restarts with one key and different under another,
-//! and nothing secret (token, query string, raw subject) in any log.
+//! and nothing secret (token, query string, raw subject) in any log; an unwritable audit
+//! directory turns /readyz 503 and loses no line.
 
 mod common;
 
 use std::io::Read;
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use common::*;
 use hmac::{Hmac, Mac};
@@ -256,4 +258,76 @@ fn no_token_cookie_or_query_string_in_any_log() {
         "a query string reached a log"
     );
     assert!(!out.contains("alice@example.com"));
+}
+
+#[test]
+fn unwritable_audit_directory_turns_readyz_503_and_loses_no_line() {
+    let env = ops_env(true);
+    let ready = |env: &Env| {
+        env.block_on(async {
+            reqwest::get(env.admin_url("/readyz"))
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    assert_eq!(ready(&env), 200);
+    let audit = env.dir.path().join("audit");
+    std::fs::rename(&audit, env.dir.path().join("audit-moved")).unwrap();
+    std::fs::write(&audit, "not a directory").unwrap();
+    let before = metric_value(&env.metrics(), "gatehouse_audit_write_errors_total", &[]);
+    let ids: Vec<String> = (0..20).map(|i| format!("lost-{i}")).collect();
+    for id in &ids {
+        let r = env.send(
+            reqwest::Method::GET,
+            "/slow?ms=1",
+            None,
+            &[("x-request-id", id)],
+            None,
+            false,
+        );
+        assert_eq!(r.status, 200);
+    }
+    let start = Instant::now();
+    while ready(&env) != 503 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "readyz never turned 503; errors={} audit={:?}",
+            metric_value(&env.metrics(), "gatehouse_audit_write_errors_total", &[]),
+            std::fs::read_dir(env.dir.path().join("audit-moved"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let body = env.block_on(async {
+        reqwest::get(env.admin_url("/readyz"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(body.contains("audit"), "{body}");
+    assert!(metric_value(&env.metrics(), "gatehouse_audit_write_errors_total", &[]) > before);
+    std::fs::remove_file(&audit).unwrap();
+    std::fs::rename(env.dir.path().join("audit-moved"), &audit).unwrap();
+    let start = Instant::now();
+    while ready(&env) != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "readyz never recovered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let lines = env.audit_lines_for(&id_refs);
+    let got: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["request_id"].as_str())
+        .filter(|id| id.starts_with("lost-"))
+        .collect();
+    assert_eq!(got, id_refs, "every line arrived, in order");
 }

@@ -8,24 +8,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 use gatehouse::devkit::{forge_token, KeyAlg, SigningKey};
 use jsonwebtoken::{Algorithm, Header};
 use serde_json::{json, Value};
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// `DEFAULT_ROUTES` with every route name prefixed, so metric labels are this test's own.
-fn routes_prefixed(prefix: &str) -> String {
-    DEFAULT_ROUTES.replace("name = \"", &format!("name = \"{prefix}-"))
-}
 
 /// A full, valid claim set for alice (what `env.token` would sign).
 fn alice_claims(env: &Env) -> Value {
@@ -838,4 +826,168 @@ fn jwks_metrics_are_exported() {
         "{m}"
     );
     assert!(m.contains("# TYPE gatehouse_jwks_keys gauge"), "{m}");
+}
+
+/// A reload discards cached introspection answers: an opaque token is checked again under
+/// the new issuer settings (audiences, iss, claim mapping).
+#[test]
+fn reload_discards_cached_introspection_answers() {
+    let (env, opaque) = introspection_env(DEFAULT_ROUTES.to_string());
+    let r = env.get("/orders/3", Some(&opaque), false);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The operator stops accepting tokens for api://orders at this issuer.
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let old = format!("audiences = [\"{AUDIENCE}\"]");
+    assert!(text.contains(&old));
+    std::fs::write(
+        &env.config,
+        text.replace(&old, "audiences = [\"api://other\"]"),
+    )
+    .unwrap();
+    env.gw().reload().expect("reload accepted");
+    // A token with the same answer that was never cached is refused...
+    let fresh = format!("opq_{}", "aa11bb22cc33dd44".repeat(3));
+    env.issuer().register_opaque(
+        &fresh,
+        json!({"iss": env.issuer().issuer_url(), "aud": AUDIENCE, "sub": "carol",
+               "groups": ["sg-data-stewards"], "scope": "orders.read", "region": "us-east",
+               "exp": now() + 600}),
+    );
+    let r = env.get("/orders/3", Some(&fresh), false);
+    assert_eq!(r.status, 401, "sanity: new config refuses aud api://orders");
+    // ...and so must the one introspected under the old config.
+    let r = env.get("/orders/3", Some(&opaque), false);
+    assert_eq!(
+        r.status,
+        401,
+        "introspection answer from the old config still admits the token: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+/// A route that can reach more than one issuer with introspection is a config error, so an
+/// opaque token is never sent to every introspection endpoint (IdP B's token to IdP A).
+#[test]
+fn opaque_token_is_not_sprayed_over_every_introspection_endpoint() {
+    let partner = r#"
+[issuers.partner]
+issuer = "https://partner.example/tenant"
+jwks_uri = "{issuer}/jwks"
+ca = "certs/ca.crt"
+audiences = ["api://orders"]
+introspection = { url = "{issuer}/introspect", client_id = "gatehouse", client_secret = { env = "GH_REVIEW_PARTNER_SECRET" } }
+"#;
+    std::env::set_var("GH_REVIEW_PARTNER_SECRET", "intro-s3cret");
+    std::env::set_var("GH_REVIEW_CORP_SECRET", "intro-s3cret");
+    let env = Env::with(EnvOptions {
+        start_gateway: false,
+        issuer_extra: "introspection = { url = \"https://127.0.0.1:1/introspect\", client_id = \"gatehouse\", client_secret = { env = \"GH_REVIEW_CORP_SECRET\" } }".into(),
+        routes: format!("{}\n{}", partner.replace("{issuer}", "https://127.0.0.1:1"), DEFAULT_ROUTES),
+        ..EnvOptions::default()
+    });
+    let err = gatehouse::config::load(&env.config).err().expect("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("introspection endpoints (corp, partner)"),
+        "{text}"
+    );
+}
+
+/// Signature-level attacks: embedded `jwk`, attacker key with no kid, RS/ES kid
+/// confusion, `alg` case games, unsigned token with trusted `iss`.
+#[test]
+fn jwt_key_and_algorithm_confusion_is_refused() {
+    let env = Env::start();
+    let iss = env.issuer().issuer_url();
+    let claims = json!({
+        "iss": iss, "aud": AUDIENCE, "sub": "mallory", "exp": now() + 600, "iat": now(),
+        "groups": ["sg-mdm-admins"], "scope": "orders.read orders.write", "amr": ["mfa"],
+        "region": "x",
+    });
+    let attacker = SigningKey::generate(KeyAlg::RS256).unwrap();
+    // 1. Embedded jwk (CVE-2018-0114 style).
+    let mut h = Header::new(Algorithm::RS256);
+    h.jwk = Some(serde_json::from_value(attacker.jwk()).unwrap());
+    let embedded = attacker.sign_with_header(h, &claims);
+    // 2. No kid at all: every fitting key is tried; none is the attacker's.
+    let no_kid = attacker.sign_with_header(Header::new(Algorithm::RS256), &claims);
+    // 3. The ES256 kid with an RS256 signature.
+    let es_kid = env.issuer().key(KeyAlg::ES256).kid.clone();
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some(es_kid);
+    let kid_confusion = attacker.sign_with_header(h, &claims);
+    // 4. alg "None"/"nOnE", HS256 keyed with the JWK's modulus, alg missing.
+    let rsa = env.issuer().key(KeyAlg::RS256);
+    let mut forged = Vec::new();
+    for alg in ["none", "None", "nOnE", "HS256", "HS512", "rs256", ""] {
+        forged.push(forge_token(
+            &json!({"alg": alg, "kid": rsa.kid}),
+            &claims,
+            Some(rsa.jwk()["n"].as_str().unwrap().as_bytes()),
+        ));
+        forged.push(forge_token(
+            &json!({"alg": alg, "kid": rsa.kid}),
+            &claims,
+            None,
+        ));
+    }
+    // 5. A real token with its signature stripped / swapped for another real token's.
+    let real = env.token(json!({}));
+    let stripped = format!("{}.", real.rsplit_once('.').unwrap().0);
+    let admin_payload = forge_token(&json!({"alg": "RS256", "kid": rsa.kid}), &claims, None);
+    let spliced = format!(
+        "{}.{}",
+        admin_payload.rsplit_once('.').unwrap().0,
+        real.rsplit_once('.').unwrap().1
+    );
+    let mut tokens = vec![embedded, no_kid, kid_confusion, stripped, spliced];
+    tokens.extend(forged);
+    for (i, t) in tokens.iter().enumerate() {
+        let r = env.get("/orders/1", Some(t), false);
+        assert_eq!(
+            r.status,
+            401,
+            "token #{i} was accepted: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(!String::from_utf8_lossy(&r.body).contains(t.as_str()));
+    }
+    assert_eq!(env.echo().requests(), 0);
+}
+
+/// A token trusted by issuer config A is not verified with keys of config B, and a route
+/// limited to B refuses it (no key confusion between issuers).
+#[test]
+fn token_with_other_issuers_iss_is_refused() {
+    let env = Env::start();
+    // Validly signed by the one issuer's key, but claiming an iss nobody trusts.
+    let t = env.token(json!({"iss": "https://evil.example"}));
+    let r = env.get("/orders/1", Some(&t), false);
+    assert_eq!(r.status, 401);
+    // Trailing slash / case variants of the trusted iss are different issuers.
+    let iss = env.issuer().issuer_url();
+    for v in [format!("{iss}/"), iss.to_uppercase(), format!(" {iss}")] {
+        let r = env.get("/orders/1", Some(&env.token(json!({"iss": v}))), false);
+        assert_eq!(r.status, 401, "{v}");
+    }
+    // Audience tricks.
+    for aud in [
+        json!("api://orders/"),
+        json!(["api://ORDERS"]),
+        json!({"0": AUDIENCE}),
+        json!(null),
+    ] {
+        let r = env.get("/orders/1", Some(&env.token(json!({"aud": aud}))), false);
+        assert_eq!(r.status, 401, "aud {aud}");
+    }
+    // exp tricks.
+    for exp in [
+        json!(null),
+        json!("9999999999"),
+        json!(-1),
+        json!(now() - 3600),
+    ] {
+        let r = env.get("/orders/1", Some(&env.token(json!({"exp": exp}))), false);
+        assert_eq!(r.status, 401, "exp {exp}");
+    }
 }

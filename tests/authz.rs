@@ -7,24 +7,12 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
 use gatehouse::devkit::KeyAlg;
 use reqwest::Method;
 use serde_json::json;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// `DEFAULT_ROUTES` with every route name prefixed, so metric labels are this test's own.
-fn routes_prefixed(prefix: &str) -> String {
-    DEFAULT_ROUTES.replace("name = \"", &format!("name = \"{prefix}-"))
-}
 
 fn env_prefixed(prefix: &str) -> Env {
     Env::with(EnvOptions {
@@ -606,4 +594,214 @@ fn reload_discards_cached_decisions() {
     env.gw().reload().expect("reload accepted");
     let r = env.get("/orders", Some(&t), false);
     assert_eq!(r.status, 200, "{}", body(&r));
+}
+
+/// A 403 does not enumerate policy (required roles, missing scopes, row-filter header or
+/// claim path) to the holder of a valid token.
+#[test]
+fn forbidden_details_do_not_enumerate_policy() {
+    let env = Env::start();
+    let nobody = env.token(json!({"groups": []}));
+    let r = env.get("/orders/1", Some(&nobody), false);
+    assert_eq!(r.status, 403);
+    let no_region = env.token(json!({"region": null}));
+    let r2 = env.get("/orders/1", Some(&no_region), false);
+    assert_eq!(r2.status, 403);
+    let body = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&r.body),
+        String::from_utf8_lossy(&r2.body)
+    );
+    for secret in ["data-steward", "integration", "x-row-filter", "region"] {
+        assert!(
+            !body.to_ascii_lowercase().contains(secret),
+            "403 body names {secret:?}: {body}"
+        );
+    }
+}
+
+/// The decision cache is keyed by route and token: an allow on one route is never served
+/// for another route or another token.
+#[test]
+fn decision_cache_does_not_cross_routes_or_tokens() {
+    let env = Env::start();
+    let no_mfa = env.token(json!({"amr": ["pwd"]}));
+    for _ in 0..2 {
+        assert_eq!(env.get("/orders/1", Some(&no_mfa), false).status, 200);
+    }
+    // Same token, update route (needs MFA).
+    let r = env.send(
+        reqwest::Method::POST,
+        "/orders/1",
+        Some(&no_mfa),
+        &[],
+        None,
+        false,
+    );
+    assert_eq!(r.status, 403);
+    // Another user whose token differs only in the signature bytes is not served alice's
+    // cached grant.
+    let other = env.token(json!({"groups": [], "sub": "eve"}));
+    let r = env.get("/orders/1", Some(&other), false);
+    assert_eq!(r.status, 403);
+    // Token with trailing "=" padding or case change in the scheme is the same token to the
+    // parser, and still gets the right answer.
+    let r = env.send(
+        reqwest::Method::GET,
+        "/orders/1",
+        None,
+        &[("authorization", &format!("bEaReR {no_mfa}"))],
+        None,
+        false,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed("x-auth-subject"), vec!["alice"]);
+}
+
+/// Claim values cannot drop or widen the row filter.
+#[test]
+fn row_filter_cannot_be_dropped_by_claim_values() {
+    let env = Env::start();
+    for region in [
+        json!(null),
+        json!(""),
+        json!([]),
+        json!({"$ne": 1}),
+        json!([{"a": 1}]),
+        json!([null]),
+        json!(["eu-west", ""]),
+    ] {
+        let r = env.get(
+            "/orders/1",
+            Some(&env.token(json!({"region": region}))),
+            false,
+        );
+        assert_eq!(r.status, 403, "region {region}");
+    }
+    // Hostile strings arrive encoded, as one header.
+    let r = env.get(
+        "/orders/1",
+        Some(&env.token(json!({"region": "eu\r\nX-Row-Filter: 1=1, *"}))),
+        true,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed("x-row-filter").len(), 1);
+    assert!(!r.echoed("x-row-filter")[0].contains(' '));
+    // A `roles` claim naming a role is a role (SPEC), but a role whose name merely
+    // resembles one ("Admin", "admin ") is not.
+    for fake in ["Admin", "admin ", "ADMIN"] {
+        let r = env.get(
+            "/orders/1",
+            Some(&env.token(json!({"roles": [fake]}))),
+            false,
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.echoed("x-row-filter"), vec!["region=eu-west"], "{fake}");
+    }
+}
+
+/// Two Authorization headers over h2 as well as h1; lower-case method tricks; and huge
+/// headers do not reach the backend unauthenticated.
+#[test]
+fn authorization_and_method_tricks_are_refused() {
+    let env = Env::start();
+    let t = env.token(json!({}));
+    let bearer = format!("Bearer {t}");
+    let r = env.send(
+        reqwest::Method::GET,
+        "/orders",
+        None,
+        &[
+            ("authorization", bearer.as_str()),
+            ("authorization", "Bearer x"),
+        ],
+        None,
+        true,
+    );
+    assert_eq!(r.status, 401);
+    // Lower-case / odd methods are not routed as GET and never reach the backend
+    // without a token.
+    for m in ["get", "GeT", "PROPFIND"] {
+        let raw = raw_request(
+            &env,
+            &format!("{m} /orders/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+        );
+        assert_ne!(status_of(&raw), 200, "{m}: {raw}");
+    }
+    // A 20 KiB token is refused, not parsed.
+    let big = format!(
+        "{}.{}.{}",
+        "a".repeat(7000),
+        "b".repeat(7000),
+        "c".repeat(7000)
+    );
+    let r = env.get("/orders", Some(&big), false);
+    assert!(
+        r.status == 401 || r.status == 431 || r.status == 400,
+        "{}",
+        r.status
+    );
+    assert_eq!(env.echo().requests(), 0);
+}
+
+/// Row filters reading numeric claims: each number goes on exactly as the token's JSON
+/// wrote it (no float rounding that makes two tenants one).
+#[test]
+fn numeric_claims_render_exactly() {
+    let env = Env::with(EnvOptions {
+        routes: r#"
+[roles.data-steward]
+groups = ["sg-data-stewards"]
+
+[[routes]]
+name = "tenant"
+path_prefix = "/tenant"
+upstream = "echo"
+allow_roles = ["data-steward"]
+[[routes.row_filters]]
+header = "X-Tenant"
+value = "tenant={claims.tenant}"
+"#
+        .into(),
+        ..EnvOptions::default()
+    });
+    // Signed from JSON text, so the number is spelt in the token exactly as here.
+    let key = env.issuer().key(gatehouse::devkit::KeyAlg::RS256);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let mint = |number: &str| {
+        key.sign_raw_payload(&format!(
+            r#"{{"iss":"{}","aud":"{AUDIENCE}","sub":"alice","groups":["sg-data-stewards"],"exp":{exp},"tenant":{number}}}"#,
+            env.issuer().issuer_url()
+        ))
+    };
+    let cases = [
+        ("1180591620717411303424", "tenant=1180591620717411303424"),
+        ("1180591620717411303425", "tenant=1180591620717411303425"),
+        ("18446744073709551616", "tenant=18446744073709551616"),
+        ("42", "tenant=42"),
+        ("-7", "tenant=-7"),
+        ("0.1", "tenant=0.1"),
+        ("2.50", "tenant=2.50"),
+        // The one normalisation: an exponent is written `e+N` / `e-N`.
+        ("1e3", "tenant=1e%2B3"),
+        ("-1.5E+2", "tenant=-1.5e%2B2"),
+    ];
+    let mut failures = Vec::new();
+    for (number, want) in cases {
+        let t = mint(number);
+        let r = env.get("/tenant/x", Some(&t), false);
+        let got = if r.status == 200 {
+            r.echoed("x-tenant")
+        } else {
+            vec![format!("status {}", r.status)]
+        };
+        if got != vec![want.to_string()] {
+            failures.push(format!("{number}: {got:?}, want {want}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

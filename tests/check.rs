@@ -30,7 +30,7 @@ fn owned_headers_are_identity_plus_every_row_filter_header() {
     let fx = Fixture::new();
     let rt = fx.load_ok(BASE);
     let owned: Vec<&str> = rt.owned_headers.iter().map(|h| h.as_str()).collect();
-    for h in config::IDENTITY_HEADERS {
+    for h in gatehouse::names::IDENTITY_HEADERS {
         assert!(owned.contains(&h), "{h} missing from {owned:?}");
     }
     for h in [
@@ -351,6 +351,9 @@ defects! {
     row_filter_header_connection: [ROW_HEADER => "header = \"Connection\""]
         key "routes[1].row_filters[0].header" at "\"Connection\"",
         says ["\"Connection\" is a hop-by-hop header", "pick another name"];
+    row_filter_header_http2_settings: [ROW_HEADER => "header = \"HTTP2-Settings\""]
+        key "routes[1].row_filters[0].header" at "\"HTTP2-Settings\"",
+        says ["\"HTTP2-Settings\" is a hop-by-hop header", "pick another name"];
     row_filter_header_transfer_encoding: [ROW_HEADER => "header = \"Transfer-Encoding\""]
         key "routes[1].row_filters[0].header" at "\"Transfer-Encoding\"",
         says ["\"Transfer-Encoding\" is a hop-by-hop header", "pick another name"];

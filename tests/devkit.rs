@@ -208,29 +208,22 @@ async fn token_endpoint_client_credentials() {
         .unwrap();
     assert_eq!(claims["scope"], "orders.read orders.write");
 
-    // Wrong secret.
-    let resp = http
-        .post(issuer.token_endpoint())
-        .basic_auth("svc-orders", Some("wrong"))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["error"], "invalid_client");
-
-    // Another grant type.
-    let resp = http
-        .post(issuer.token_endpoint())
-        .basic_auth("svc-orders", Some("s3cret"))
-        .form(&[("grant_type", "password")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["error"], "unsupported_grant_type");
+    // Wrong secret; another grant type.
+    for (secret, grant, status, error) in [
+        ("wrong", "client_credentials", 401, "invalid_client"),
+        ("s3cret", "password", 400, "unsupported_grant_type"),
+    ] {
+        let resp = http
+            .post(issuer.token_endpoint())
+            .basic_auth("svc-orders", Some(secret))
+            .form(&[("grant_type", grant)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{grant} with secret {secret}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], error);
+    }
     assert_eq!(issuer.token_requests(), 4);
     issuer.shutdown().await;
 }

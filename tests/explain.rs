@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 const ISS: &str = "https://corp.example";
 const AUD: &str = "api://orders";
 
-const CONFIG: &str = r#"
+/// Server, issuers and upstream of the explain config; the example policy and two more
+/// routes follow (`config()`).
+const HEAD: &str = r#"
 [server]
 listen = "127.0.0.1:8443"
 cert = "certs/server.crt"
@@ -30,53 +32,19 @@ issuer = "https://down.example"
 jwks_uri = "https://127.0.0.1:1/keys"
 audiences = ["api://orders"]
 
-[roles.data-steward]
-groups = ["sg-data-stewards"]
-[roles.integration]
-clients = ["billing-sync"]
-[roles.admin]
-groups = ["sg-mdm-admins"]
-
-[upstreams.orders]
+[upstreams.echo]
 addrs = ["127.0.0.1:9443"]
 sni = "localhost"
 ca = "certs/ca.crt"
 client_cert = "certs/client.crt"
 client_key = "certs/client.key"
+"#;
 
-[[routes]]
-name = "status"
-path_prefix = "/status"
-methods = ["GET", "HEAD"]
-upstream = "orders"
-auth = "none"
-
-[[routes]]
-name = "orders-read"
-host = "api.example.com"
-path_prefix = "/orders"
-methods = ["GET", "HEAD"]
-upstream = "orders"
-allow_roles = ["data-steward", "integration", "admin"]
-require_scopes = ["orders.read"]
-[[routes.row_filters]]
-header = "X-Row-Filter"
-value = "region={claims.region}"
-except_roles = ["admin"]
-
-[[routes]]
-name = "orders-update"
-path_prefix = "/orders"
-methods = ["POST", "PUT", "PATCH", "DELETE"]
-upstream = "orders"
-allow_roles = ["data-steward", "admin"]
-require_scopes = ["orders.write"]
-require_mfa = true
-
+const MORE_ROUTES: &str = r#"
 [[routes]]
 name = "tenants"
 path_prefix = "/tenants"
-upstream = "orders"
+upstream = "echo"
 allow_roles = []
 [[routes.row_filters]]
 header = "X-Tenant-Filter"
@@ -85,9 +53,19 @@ value = "tenant={claims.org.tenant};user={sub}"
 [[routes]]
 name = "down-only"
 path_prefix = "/down"
-upstream = "orders"
+upstream = "echo"
 issuers = ["down"]
 "#;
+
+/// The explain config: the example policy with its orders-read route bound to
+/// api.example.com, a tenants route and a route only the unreachable issuer serves.
+fn config_text() -> String {
+    let policy = include_str!("fixtures/policy.toml");
+    let read = "name = \"orders-read\"\n";
+    assert_eq!(policy.matches(read).count(), 1);
+    let policy = policy.replace(read, &format!("{read}host = \"api.example.com\"\n"));
+    format!("{HEAD}\n{policy}\n{MORE_ROUTES}")
+}
 
 struct Fx {
     dir: tempfile::TempDir,
@@ -102,7 +80,7 @@ impl Fx {
         pki.write_to(&dir.path().join("certs")).unwrap();
         let key = SigningKey::generate(KeyAlg::ES256).unwrap();
         std::fs::write(dir.path().join("corp.jwks.json"), jwks(&[&key]).to_string()).unwrap();
-        std::fs::write(dir.path().join("gatehouse.toml"), CONFIG).unwrap();
+        std::fs::write(dir.path().join("gatehouse.toml"), config_text()).unwrap();
         Fx { dir, key, pki }
     }
 
@@ -211,7 +189,7 @@ fn allow_shows_route_roles_headers_and_status() {
     assert_eq!(v["headers"]["x-auth-roles"], "data-steward");
     assert_eq!(v["headers"]["x-auth-issuer"], "https://corp.example");
     assert_eq!(v["headers"]["x-row-filter"], "region=eu-west");
-    assert_eq!(v["upstream"], "orders");
+    assert_eq!(v["upstream"], "echo");
     let checks = v["token_checks"].as_array().unwrap();
     assert!(checks.iter().all(|c| c["result"] == "pass"), "{checks:#?}");
     assert!(checks.iter().any(
@@ -230,7 +208,7 @@ fn allow_shows_route_roles_headers_and_status() {
         "from group sg-data-stewards",
         "x-row-filter: region=eu-west",
         "decision: allow",
-        "status: 200 forwarded to upstream orders",
+        "status: 200 forwarded to upstream echo",
         &explain::redact(&token),
     ] {
         assert!(out.contains(want), "{want:?} in:\n{out}");
@@ -349,10 +327,10 @@ fn no_route_bad_path_and_public_route() {
     assert!(out.contains("host is not api.example.com"), "{out}");
     let (v, code, _) = fx.run_token("GET", "https://api.example.com/nothing", &t);
     assert_denied(&v, code, "no_route", 404);
-    let (v, code, _) = fx.run_token("GET", "https://api.example.com/status/../orders", &t);
+    let (v, code, _) = fx.run_token("GET", "https://api.example.com/public/../orders", &t);
     assert_denied(&v, code, "bad_path", 400);
 
-    let (v, code, _) = fx.run_token("GET", "https://api.example.com/status", &t);
+    let (v, code, _) = fx.run_token("GET", "https://api.example.com/public", &t);
     assert_eq!(code, 0);
     assert_eq!(v["decision"], "public");
     assert_eq!(v["status"], 200);
@@ -476,7 +454,7 @@ fn token_keys_from_discovery() {
             },
         ))
         .unwrap();
-    let config = CONFIG.replace(
+    let config = config_text().replace(
         "[issuers.down]",
         &format!(
             "[issuers.idp]\nissuer = \"{}\"\ndiscovery = true\nca = \"certs/ca.crt\"\naudiences = [\"{AUD}\"]\n\n[issuers.down]",

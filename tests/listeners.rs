@@ -1,12 +1,13 @@
 //! End to end on the listeners: the plaintext redirect listener, HSTS, the TLS version
 //! floor and ALPN on the HTTPS listener, the admin listener, and `serve` as a real
-//! process (exit codes, SIGTERM).
+//! process (exit codes, listeners `check` must refuse or warn about) and the certificate
+//! expiry metric.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,13 +24,6 @@ fn plain_http(addr: SocketAddr, request: &str) -> String {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn status_of(raw: &str) -> u16 {
-    raw.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {raw:?}"))
 }
 
 fn header_of(raw: &str, name: &str) -> Option<String> {
@@ -99,86 +93,6 @@ fn tls_exchange(
 }
 
 const GET_PUBLIC: &str = "GET /public HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-
-/// A `gatehouse` child process, killed if the test ends without reaping it.
-struct Proc {
-    child: Option<Child>,
-    stderr_path: std::path::PathBuf,
-}
-
-impl Proc {
-    fn serve(env: &Env, stderr_name: &str) -> Proc {
-        let stderr_path = env.dir.path().join(stderr_name);
-        let child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .args(["serve", "-c"])
-            .arg(&env.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .expect("spawn gatehouse");
-        Proc {
-            child: Some(child),
-            stderr_path,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
-    /// Waits for the process to exit (at most `within`); its exit code.
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        let child = self.child.as_mut().unwrap();
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                self.child = None;
-                return st.code();
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "gatehouse did not exit within {within:?}; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until the HTTPS listener accepts connections.
-    fn wait_listening(&mut self, addr: SocketAddr) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("gatehouse exited early ({st}); stderr:\n{}", self.stderr());
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "gatehouse never listened on {addr}; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// An env with its config written and no gateway running.
 fn unstarted(server_extra: &str) -> Env {
@@ -306,7 +220,7 @@ fn tls12_client_accepted_by_default() {
 fn tls13_floor_refuses_tls12_in_a_separate_process() {
     // The TLS provider is process-global, so the 1.3 floor runs in its own process.
     let env = unstarted("tls_min_version = \"1.3\"");
-    let mut p = Proc::serve(&env, "tls13.stderr");
+    let mut p = Proc::serve(&env, "tls13");
     p.wait_listening(env.https);
 
     let err = tls_exchange(
@@ -330,7 +244,7 @@ fn tls13_floor_refuses_tls12_in_a_separate_process() {
 
     // SIGTERM: drain and exit 0.
     assert_eq!(unsafe { libc::kill(p.pid(), libc::SIGTERM) }, 0);
-    let code = p.wait_exit(Duration::from_secs(20));
+    let code = p.wait_code(Duration::from_secs(20));
     assert_eq!(code, Some(0), "stderr:\n{}", p.stderr());
 }
 
@@ -504,26 +418,135 @@ fn serve_with_https_port_in_use_exits_2_naming_the_address() {
     );
 }
 
+/// `serve` refuses the env's config with exit 1 naming `what`, and so does `check`: it
+/// must not pass what `serve` cannot start.
+fn serve_and_check_refuse(env: &Env, what: &str) {
+    let (serve, serve_out) = run_cli(env, "serve");
+    assert_eq!(serve, Some(1), "{serve_out}");
+    assert!(serve_out.contains(what), "{serve_out}");
+    let (check, out) = run_cli(env, "check");
+    assert_eq!(
+        check,
+        Some(1),
+        "check passes what serve cannot start: {out}"
+    );
+}
+
+/// `check` and `serve` both refuse (exit 1) `admin.listen` equal to `server.listen`.
 #[test]
-fn signals_right_after_the_listener_is_up_are_handled() {
-    // The handlers must be in place before the listener accepts: a SIGTERM then drains
-    // and exits 0, a SIGHUP reloads instead of killing the process (default action).
-    let env = unstarted("");
-    for i in 0..4 {
-        let mut p = Proc::serve(&env, &format!("early{i}.stderr"));
-        p.wait_listening(env.https);
-        if i % 2 == 1 {
-            assert_eq!(unsafe { libc::kill(p.pid(), libc::SIGHUP) }, 0);
-            let (_, _, resp) = tls_exchange(
-                &env,
-                tls_client(&env, &[&rustls::version::TLS13], &[b"http/1.1"]),
-                Some(GET_PUBLIC),
-            )
-            .unwrap_or_else(|e| panic!("attempt {i}: {e}; stderr:\n{}", p.stderr()));
-            assert_eq!(status_of(&resp.unwrap()), 200, "attempt {i}");
-        }
-        assert_eq!(unsafe { libc::kill(p.pid(), libc::SIGTERM) }, 0);
-        let code = p.wait_exit(Duration::from_secs(20));
-        assert_eq!(code, Some(0), "attempt {i}; stderr:\n{}", p.stderr());
+fn check_refuses_two_listeners_on_one_address() {
+    let env = ops_env(false);
+    let admin = admin_addr_of(&env);
+    edit_config(
+        &env,
+        &format!("listen = \"{admin}\""),
+        &format!("listen = \"{}\"", env.https),
+    );
+    serve_and_check_refuse(&env, "admin.listen");
+}
+
+/// `check` and `serve` both refuse (exit 1) an `audit.path` that cannot be a directory.
+#[test]
+fn check_refuses_an_audit_path_serve_cannot_open() {
+    let env = ops_env(false);
+    edit_config(&env, "path = \"audit\"", "path = \"pseudonym.key/audit\"");
+    serve_and_check_refuse(&env, "audit");
+}
+
+/// `check` warns when the unauthenticated admin listener is bound off loopback.
+#[test]
+fn admin_listener_off_loopback_is_warned_about() {
+    let env = ops_env(false);
+    let admin = admin_addr_of(&env);
+    edit_config(
+        &env,
+        &format!("listen = \"{admin}\""),
+        &format!("listen = \"0.0.0.0:{}\"", admin.port()),
+    );
+    let rt = gatehouse::config::load(&env.config).expect("valid");
+    assert!(
+        rt.warnings.iter().any(|w| w.contains("admin")),
+        "no warning about a public admin listener: {:?}",
+        rt.warnings
+    );
+}
+
+/// The plaintext redirect listener drops a connection that never finishes its request head
+/// (slowloris).
+#[test]
+fn redirect_listener_drops_a_connection_that_never_finishes_its_request() {
+    let env = ops_env(true);
+    let addr = env.gw().redirect_addr.unwrap();
+    assert_eq!(addr, redirect_addr_of(&env));
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: example.com\r\n")
+        .unwrap();
+    // Longer than hyper's 30 s header timeout and any sane header deadline.
+    std::thread::sleep(Duration::from_secs(35));
+    let _ = s.write_all(b"\r\n");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let got = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        !got.starts_with("HTTP/1.1 308"),
+        "a request trickled over 35 s was still served: {got:?}"
+    );
+}
+
+/// The redirect's Location always names the Host header's host; tricks in Host or path
+/// are 400 or stay in the path.
+#[test]
+fn redirect_never_bends_the_location_to_another_host() {
+    use gatehouse::admin::redirect_response;
+    let req = |host: &str, uri: &str| {
+        http::Request::builder()
+            .uri(uri)
+            .header("host", host)
+            .body(())
+            .unwrap()
+    };
+    for (host, uri) in [
+        ("good.example:80@evil.example", "/"),
+        ("good.example\\evil.example", "/"),
+        ("good.example/evil", "/"),
+        ("good.example:8080:1", "/"),
+        ("", "/"),
+    ] {
+        let r = redirect_response(&req(host, uri), 8443);
+        assert_eq!(r.status(), 400, "{host:?}");
+    }
+    // Path tricks stay in the path: the authority is always the Host header's.
+    for uri in [
+        "//evil.example/x",
+        "/%0d%0aSet-Cookie:x",
+        "http://evil.example/y",
+    ] {
+        let r = redirect_response(&req("good.example", uri), 8443);
+        let loc = r.headers()["location"].to_str().unwrap().to_string();
+        assert!(
+            loc.starts_with("https://good.example:8443/"),
+            "{uri}: {loc}"
+        );
+        assert!(!loc.contains('\r') && !loc.contains('\n'));
+    }
+}
+
+#[test]
+fn certificate_expiry_is_exported_for_every_loaded_certificate() {
+    let env = ops_env(true);
+    let m = env.metrics();
+    for name in [
+        "server",
+        "upstream.echo.client",
+        "upstream.echo.ca",
+        "issuer.corp.ca",
+    ] {
+        let v = metric_value(
+            &m,
+            "gatehouse_certificate_expiry_timestamp_seconds",
+            &[("name", name)],
+        );
+        assert!(v > chrono::Utc::now().timestamp() as f64, "{name}: {v}");
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use gatehouse::devkit::{jwks, DevPki, KeyAlg, SigningKey};
-use gatehouse::policy::matrix::{self, Access, Decision, FindingKind, Format, AUTHENTICATED};
+use gatehouse::matrix::{self, Access, Decision, FindingKind, Format, AUTHENTICATED};
 use serde_json::{json, Value};
 
 const GOLDEN_CONFIG: &str = "tests/golden/matrix.toml";

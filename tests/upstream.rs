@@ -342,36 +342,6 @@ fn backend_status_codes_pass_through() {
 
 // ---- metrics ------------------------------------------------------------------------
 
-/// The value of the sample `name{labels}` in a Prometheus text exposition; labels are
-/// matched as a set, in any order.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (n, lbl) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if n != name {
-            continue;
-        }
-        let pairs: Vec<(&str, &str)> = lbl
-            .split(',')
-            .filter(|p| !p.is_empty())
-            .filter_map(|p| p.split_once('='))
-            .map(|(k, v)| (k, v.trim_matches('"')))
-            .collect();
-        if labels.iter().all(|l| pairs.contains(l)) && pairs.len() == labels.len() {
-            return value.parse().ok();
-        }
-    }
-    None
-}
-
 /// Polls `/metrics` until `ok` holds (metrics are recorded after the response is sent).
 fn wait_metrics(env: &Env, what: &str, ok: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -390,7 +360,7 @@ fn wait_metrics(env: &Env, what: &str, ok: impl Fn(&str) -> bool) -> String {
 #[test]
 fn metrics_after_traffic() {
     let env = public_env();
-    let v = |t: &str, n: &str, l: &[(&str, &str)]| sample(t, n, l).unwrap_or(0.0);
+    let v = |t: &str, n: &str, l: &[(&str, &str)]| metric_sample(t, n, l).unwrap_or(0.0);
     let before = env.metrics();
     let req_200 = [("method", "GET"), ("route", "bytes"), ("status", "200")];
     let up_200 = [("upstream", "echo"), ("status", "200")];
@@ -434,7 +404,7 @@ fn metrics_after_traffic() {
     assert!(after.contains("# TYPE gatehouse_request_duration_seconds histogram"));
     assert!(after.contains("# TYPE gatehouse_upstream_duration_seconds histogram"));
     assert!(
-        sample(
+        metric_sample(
             &after,
             "gatehouse_request_duration_seconds_bucket",
             &[("route", "bytes"), ("le", "+Inf")]
@@ -442,7 +412,9 @@ fn metrics_after_traffic() {
         .unwrap()
             >= 2.0
     );
-    assert!(sample(&after, "gatehouse_upstream_duration_seconds_sum", &dur_up).unwrap() > 0.0);
+    assert!(
+        metric_sample(&after, "gatehouse_upstream_duration_seconds_sum", &dur_up).unwrap() > 0.0
+    );
     // No label value comes from request data.
     for bad in ["PROPFIND", "no-such-route", "/bytes"] {
         assert!(
@@ -465,11 +437,11 @@ fn upstream_failures_are_counted_as_502_and_504() {
     let l502 = [("upstream", "echo"), ("status", "502")];
     let r502 = [("method", "GET"), ("route", "status"), ("status", "502")];
     let before = env.metrics();
-    let b_up = sample(&before, "gatehouse_upstream_requests_total", &l502).unwrap_or(0.0);
-    let b_req = sample(&before, "gatehouse_requests_total", &r502).unwrap_or(0.0);
+    let b_up = metric_sample(&before, "gatehouse_upstream_requests_total", &l502).unwrap_or(0.0);
+    let b_req = metric_sample(&before, "gatehouse_requests_total", &r502).unwrap_or(0.0);
     assert_eq!(env.get("/public", None, false).status, 502);
     wait_metrics(&env, "a 502", |t| {
-        sample(t, "gatehouse_upstream_requests_total", &l502).unwrap_or(0.0) >= b_up + 1.0
-            && sample(t, "gatehouse_requests_total", &r502).unwrap_or(0.0) >= b_req + 1.0
+        metric_sample(t, "gatehouse_upstream_requests_total", &l502).unwrap_or(0.0) >= b_up + 1.0
+            && metric_sample(t, "gatehouse_requests_total", &r502).unwrap_or(0.0) >= b_req + 1.0
     });
 }

@@ -12,6 +12,8 @@ use prometheus::{
     register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
+use crate::names::Decision;
+
 /// Buckets for request and upstream latency, in seconds (0.5 ms to 30 s).
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -173,7 +175,7 @@ impl RouteMetrics {
                 .map(|_| std::sync::OnceLock::new())
                 .collect(),
             duration: REQUEST_DURATION.with_label_values(&[route]),
-            allow: AUTH_DECISIONS_TOTAL.with_label_values(&[route, "allow", ""]),
+            allow: AUTH_DECISIONS_TOTAL.with_label_values(&[route, Decision::Allow.as_str(), ""]),
         }
     }
 

@@ -50,6 +50,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::metrics::AUDIT_WRITE_ERRORS;
 use crate::config::{AuditPath, AuditSettings};
+pub use crate::names::Decision;
 
 /// Records in flight between requests and the writer.
 const CHANNEL_CAPACITY: usize = 8192;
@@ -74,8 +75,8 @@ pub struct AuditRecord {
     pub method: String,
     /// Never the query string: [`AuditRecord::new`] cuts it and `write` cuts it again.
     pub path: String,
-    /// "allow" | "deny" | "public"
-    pub decision: &'static str,
+    /// `allow`, `deny` or `public`.
+    pub decision: Decision,
     /// Deny reason label; `None` when allowed or public.
     pub reason: Option<&'static str>,
     /// [`Pseudonymizer::subject`]; `None` on public routes.
@@ -102,7 +103,7 @@ impl AuditRecord {
             route: route.into(),
             method: method.into(),
             path: strip_query(path_and_query).to_string(),
-            decision: "public",
+            decision: Decision::Public,
             reason: None,
             subject: None,
             client_id: None,

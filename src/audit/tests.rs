@@ -45,7 +45,7 @@ fn encode(rec: AuditRecord) -> Value {
 fn allow_deny_public_records_have_exactly_the_spec_fields() {
     let allow = AuditRecord {
         ts: "2024-05-01T10:00:00.123Z".into(),
-        decision: "allow",
+        decision: Decision::Allow,
         subject: Some("ab".repeat(32)),
         client_id: Some("billing-sync".into()),
         roles: vec!["integration".into(), "data-steward".into()].into(),
@@ -71,7 +71,7 @@ fn allow_deny_public_records_have_exactly_the_spec_fields() {
     let reason = Some("insufficient_role");
     let (status, duration_ms) = (403, 1);
     let deny = AuditRecord {
-        decision: "deny",
+        decision: Decision::Deny,
         reason,
         client_id,
         roles: roles.into(),

@@ -280,7 +280,7 @@ pub struct FileFetcher(pub PathBuf);
 impl JwksFetcher for FileFetcher {
     async fn fetch(&self) -> Result<Fetched, String> {
         let path = self.0.clone();
-        match tokio::task::spawn_blocking(move || crate::config::files::read_bounded(&path)).await {
+        match tokio::task::spawn_blocking(move || crate::files::read_bounded(&path)).await {
             Ok(r) => r
                 .map(|body| Fetched {
                     body,
@@ -292,7 +292,7 @@ impl JwksFetcher for FileFetcher {
     }
     fn fetch_now(&self) -> Option<Result<Fetched, String>> {
         Some(
-            crate::config::files::read_bounded(&self.0)
+            crate::files::read_bounded(&self.0)
                 .map(|body| Fetched {
                     body,
                     max_age: None,

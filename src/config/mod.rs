@@ -5,7 +5,6 @@
 //! templates, loaded certificates and keys) and collects every error at once, each naming
 //! file, line, column, the key path and the fix.
 
-pub mod files;
 pub mod raw;
 pub mod validate;
 
@@ -35,14 +34,6 @@ pub const MAX_LEEWAY_S: u64 = 300;
 
 /// Upper bound of `server.threads`.
 pub const MAX_THREADS: i64 = 1024;
-
-/// Identity headers gatehouse sets; client copies are always removed.
-pub const IDENTITY_HEADERS: [&str; 4] = [
-    "x-auth-subject",
-    "x-auth-client-id",
-    "x-auth-roles",
-    "x-auth-issuer",
-];
 
 /// The validated configuration. Immutable: a reload builds a new one.
 pub struct Runtime {
@@ -145,12 +136,7 @@ pub struct TracingSettings {
     pub service_name: String,
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct RoleSettings {
-    pub groups: Vec<String>,
-    pub clients: Vec<String>,
-    pub line: usize,
-}
+pub use crate::policy::rbac::RoleSettings;
 
 /// An upstream: addresses, TLS identity and trust, timeouts.
 pub struct Upstream {
@@ -291,7 +277,7 @@ impl Runtime {
                 .map(|m| m.join(","))
                 .unwrap_or_else(|| "*".into());
             let who = match r.auth {
-                crate::policy::route::AuthMode::None => "public".to_string(),
+                crate::policy::route::AuthMode::None => crate::names::Decision::Public.to_string(),
                 _ if r.allow_roles.is_empty() => "any authenticated caller".to_string(),
                 _ => format!("roles {}", r.allow_roles.join("|")),
             };

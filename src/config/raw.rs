@@ -222,10 +222,12 @@ pub struct ParseError {
     pub message: String,
 }
 
-/// Parses the file into [`RawConfig`]. serde stops at the first error; its key path is
-/// rebuilt from the table headers above the error (serde reports only a byte span).
+/// Parses the file into [`RawConfig`]. serde stops at the first error;
+/// `serde_path_to_error` names the key path it was at, toml the byte span.
 pub fn parse(src: &str) -> Result<RawConfig, ParseError> {
-    toml::from_str(src).map_err(|e| {
+    serde_path_to_error::deserialize(toml::Deserializer::new(src)).map_err(|e| {
+        let path = key_of(e.path());
+        let e = e.into_inner();
         let span = e.span().unwrap_or(0..0);
         let msg = e.message().trim().to_string();
         let named = backticked(&msg);
@@ -249,14 +251,42 @@ pub fn parse(src: &str) -> Result<RawConfig, ParseError> {
         } else {
             (msg, None)
         };
-        // A key missing from the document itself comes with an empty span at 0.
-        let at_root = span == (0..0);
+        // An unknown or missing key is named after the table serde was in.
         let key = match field {
-            Some(f) if at_root && message.starts_with("missing field") => f.to_string(),
-            _ => key_path(src, span.start, field),
+            Some(f) if path.rsplit('.').next() != Some(f) => {
+                if path.is_empty() {
+                    f.to_string()
+                } else {
+                    format!("{path}.{f}")
+                }
+            }
+            _ => path,
         };
         ParseError { key, span, message }
     })
+}
+
+/// A serde path as the docs write keys (`routes[2].row_filters[0].header`), without the
+/// fields toml's `Spanned` wraps values in.
+fn key_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Map { key: k } | Segment::Enum { variant: k } => {
+                if k.starts_with("$__serde_spanned_private") {
+                    continue;
+                }
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(k);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    key
 }
 
 /// The `a`, `b` of a serde message "unknown field `a`, expected one of `b`, `c`".
@@ -272,133 +302,12 @@ fn backticked(msg: &str) -> Vec<String> {
 pub(crate) fn closest<'a>(field: &str, allowed: &'a [String]) -> Option<&'a str> {
     allowed
         .iter()
-        .map(|a| (edit_distance(field, a), a))
+        .map(|a| (strsim::levenshtein(field, a), a))
         .filter(|(d, a)| {
             *d <= 2.max(a.len() / 4) || a.starts_with(field) || field.starts_with(a.as_str())
         })
         .min_by_key(|(d, _)| *d)
         .map(|(_, a)| a.as_str())
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-/// The key path at byte `offset`: the table from the `[table]` / `[[array]]` headers
-/// above it (array tables numbered from 0), then the key written on that line (and the
-/// key inside an inline table). `field` is the key serde named, when it named one.
-pub fn key_path(src: &str, offset: usize, field: Option<&str>) -> String {
-    let offset = offset.min(src.len());
-    let line_start = src[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let line_end = src[offset..]
-        .find('\n')
-        .map(|i| offset + i)
-        .unwrap_or(src.len());
-    let line = &src[line_start..line_end];
-    let on_header = header(line).is_some();
-    let mut table = String::new();
-    let mut arrays: std::collections::HashMap<String, usize> = Default::default();
-    let upto = if on_header { line_end } else { line_start };
-    for l in src[..upto].lines() {
-        if let Some((segs, is_array)) = header(l) {
-            table.clear();
-            for (n, s) in segs.iter().enumerate() {
-                if !table.is_empty() {
-                    table.push('.');
-                }
-                table.push_str(s);
-                if is_array && n + 1 == segs.len() {
-                    let i = arrays
-                        .entry(table.clone())
-                        .and_modify(|i| *i += 1)
-                        .or_insert(0);
-                    table = format!("{table}[{i}]");
-                } else if let Some(i) = arrays.get(&table) {
-                    table = format!("{table}[{i}]");
-                }
-            }
-        }
-    }
-    let join = |a: &str, b: &str| {
-        if a.is_empty() {
-            b.to_string()
-        } else if b.is_empty() {
-            a.to_string()
-        } else {
-            format!("{a}.{b}")
-        }
-    };
-    if on_header {
-        // An unknown table names itself; a missing key is reported at its table.
-        let last = table.rsplit('.').next().unwrap_or("");
-        return match field {
-            Some(f) if last == f || last.starts_with(&format!("{f}[")) => table,
-            Some(f) => join(&table, f),
-            None => table,
-        };
-    }
-    // The key of this line, or of the line a multi-line value started on.
-    let mut key_line = (line, offset - line_start);
-    if !line.contains('=') {
-        if let Some(l) = src[..line_start]
-            .lines()
-            .rev()
-            .take_while(|l| header(l).is_none())
-            .find(|l| l.contains('='))
-        {
-            key_line = (l, l.len());
-        }
-    }
-    let (text, at) = key_line;
-    let Some(eq) = text.find('=') else {
-        return join(&table, field.unwrap_or(""));
-    };
-    let k = unquote_key(text[..eq].trim());
-    if at <= eq {
-        // At the key itself (an unknown or duplicate key).
-        return join(&table, field.unwrap_or(&k));
-    }
-    let in_inline_table = text[eq + 1..at.min(text.len())].contains('{');
-    match field {
-        Some(f) if in_inline_table && f != k => join(&join(&table, &k), f),
-        _ => join(&table, &k),
-    }
-}
-
-/// `[a.b]` → (["a", "b"], false); `[[routes]]` → (["routes"], true).
-fn header(line: &str) -> Option<(Vec<String>, bool)> {
-    let t = line.trim();
-    let t = match t.find('#') {
-        Some(i) if !t[..i].contains('"') => t[..i].trim_end(),
-        _ => t,
-    };
-    let (inner, is_array) = if let Some(x) = t.strip_prefix("[[") {
-        (x.strip_suffix("]]")?, true)
-    } else {
-        (t.strip_prefix('[')?.strip_suffix(']')?, false)
-    };
-    let ok = |c: char| c.is_ascii_alphanumeric() || "_-. \"'".contains(c);
-    if inner.trim().is_empty() || !inner.chars().all(ok) {
-        return None;
-    }
-    Some((
-        inner.split('.').map(|s| unquote_key(s.trim())).collect(),
-        is_array,
-    ))
-}
-
-fn unquote_key(k: &str) -> String {
-    k.trim_matches(|c| c == '"' || c == '\'').to_string()
 }
 
 #[cfg(test)]
@@ -446,7 +355,7 @@ mod tests {
         let e = err(&format!(
             "{base}[upstreams.o]\naddrs = [\n  \"127.0.0.1:1\",\n  5,\n]\n"
         ));
-        assert_eq!(e.key, "upstreams.o.addrs");
+        assert_eq!(e.key, "upstreams.o.addrs[1]");
         assert!(e.message.contains("invalid type"), "{}", e.message);
         let e = err(&format!(
             "{base}[audit]\npseudonym_key = {{ env = \"X\", bogus = 1 }}\n"

@@ -10,6 +10,7 @@ use super::{
     EXIT_REFUSED,
 };
 use crate::config::Runtime;
+use crate::names;
 use crate::policy::rbac::RoleSource;
 use crate::policy::route::{AuthMode, Route};
 
@@ -64,7 +65,7 @@ impl Explanation {
             headers.insert(n.clone(), json!(v));
         }
         if self.forwarded {
-            headers.insert("x-forwarded-proto".into(), json!("https"));
+            headers.insert(names::X_FORWARDED_PROTO.into(), json!("https"));
         }
         let route = self.route.as_ref();
         json!({
@@ -191,11 +192,12 @@ impl Explanation {
             for (n, v) in &self.headers {
                 let _ = writeln!(s, "   {n}: {v}");
             }
-            let _ = writeln!(s, "   x-forwarded-for: <client address>");
-            let _ = writeln!(s, "   x-forwarded-proto: https");
+            let _ = writeln!(s, "   {}: <client address>", names::X_FORWARDED_FOR);
+            let _ = writeln!(s, "   {}: https", names::X_FORWARDED_PROTO);
             let _ = writeln!(
                 s,
-                "   x-request-id: <the client's, if 1-128 of A-Za-z0-9._-, else generated>"
+                "   {}: <the client's, if 1-128 of A-Za-z0-9._-, else generated>",
+                names::X_REQUEST_ID
             );
             let _ = writeln!(
                 s,

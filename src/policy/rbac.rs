@@ -14,7 +14,7 @@ use indexmap::IndexMap;
 use super::route::{AuthMode, Route};
 use super::row_filter::{encode, RenderError, Values};
 use crate::auth::{AuthError, DenyReason, Identity};
-use crate::config::RoleSettings;
+use crate::names::header;
 
 /// Where a role came from (shown by `explain`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +28,17 @@ pub enum RoleSource {
 pub struct RoleGrant {
     pub role: String,
     pub source: RoleSource,
+}
+
+/// One `[roles.NAME]`: who holds the role besides callers whose token names it.
+#[derive(Clone, Debug, Default)]
+pub struct RoleSettings {
+    /// Token groups any of which grants the role.
+    pub groups: Vec<String>,
+    /// Client IDs (client-credentials tokens) that hold the role.
+    pub clients: Vec<String>,
+    /// Line of the `[roles.NAME]` header in the config file.
+    pub line: usize,
 }
 
 /// Every role the caller holds, with its first source, sorted by role name.
@@ -121,13 +132,13 @@ struct Span {
     end: u32,
 }
 
-/// The identity headers, in the order they are sent; the names of a grant's spans index
-/// this table, then the route's row filters.
+/// The identity headers ([`crate::names::IDENTITY_HEADERS`]), in the order they are sent;
+/// the names of a grant's spans index this table, then the route's row filters.
 pub static IDENTITY_HEADERS: [HeaderName; 4] = [
-    HeaderName::from_static("x-auth-subject"),
-    HeaderName::from_static("x-auth-client-id"),
-    HeaderName::from_static("x-auth-roles"),
-    HeaderName::from_static("x-auth-issuer"),
+    header::X_AUTH_SUBJECT,
+    header::X_AUTH_CLIENT_ID,
+    header::X_AUTH_ROLES,
+    header::X_AUTH_ISSUER,
 ];
 const SUBJECT: usize = 0;
 const CLIENT_ID: usize = 1;

@@ -95,12 +95,32 @@ pub fn valid_header_value(v: &str) -> bool {
         && !v.ends_with(' ')
 }
 
+/// Why a row-filter template does not parse: what is wrong and which forms are allowed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("is empty, so the header would be sent empty; write a filter such as \"region={{claims.region}}\" (placeholders are {forms})", forms = Template::FORMS)]
+    Empty,
+    #[error(
+        "{0:?} starts or ends with white space, which HTTP drops from header values; remove it"
+    )]
+    EdgeSpace(String),
+    #[error("unmatched '}}' in {0:?}; placeholders are {forms}", forms = Template::FORMS)]
+    UnmatchedClose(String),
+    #[error("unclosed '{{' in {0:?}; placeholders are {forms}", forms = Template::FORMS)]
+    Unclosed(String),
+    #[error("unknown placeholder {{{0}}}; use one of {forms}", forms = Template::FORMS)]
+    UnknownPlaceholder(String),
+    #[error("literal text may hold only visible ASCII and spaces (0x20-0x7E), found {found:?} in {src:?}; remove it (claim values are percent-encoded, literal text is sent as written)")]
+    BadLiteral { found: char, src: String },
+}
+
 /// Literal template text: visible ASCII and spaces only.
-fn check_literal(src: &str, lit: &str) -> Result<(), String> {
+fn check_literal(src: &str, lit: &str) -> Result<(), TemplateError> {
     match lit.chars().find(|c| !(' '..='~').contains(c)) {
-        Some(c) => Err(format!(
-            "literal text may hold only visible ASCII and spaces (0x20-0x7E), found {c:?} in {src:?}; remove it (claim values are percent-encoded, literal text is sent as written)"
-        )),
+        Some(found) => Err(TemplateError::BadLiteral {
+            found,
+            src: src.to_string(),
+        }),
         None => Ok(()),
     }
 }
@@ -118,19 +138,14 @@ pub trait Values {
 
 impl Template {
     /// Parses a template; the error says what is wrong and which forms are allowed.
-    pub fn parse(src: &str) -> Result<Template, String> {
+    pub fn parse(src: &str) -> Result<Template, TemplateError> {
         if src.is_empty() {
-            return Err(format!(
-                "is empty, so the header would be sent empty; write a filter such as \"region={{claims.region}}\" (placeholders are {})",
-                Self::FORMS
-            ));
+            return Err(TemplateError::Empty);
         }
         if src.starts_with(|c: char| c.is_whitespace())
             || src.ends_with(|c: char| c.is_whitespace())
         {
-            return Err(format!(
-                "{src:?} starts or ends with white space, which HTTP drops from header values; remove it"
-            ));
+            return Err(TemplateError::EdgeSpace(src.to_string()));
         }
         let mut parts = Vec::new();
         let mut lit = String::new();
@@ -138,15 +153,12 @@ impl Template {
         while let Some(i) = rest.find(['{', '}']) {
             lit.push_str(&rest[..i]);
             if rest.as_bytes()[i] == b'}' {
-                return Err(format!(
-                    "unmatched '}}' in {src:?}; placeholders are {}",
-                    Self::FORMS
-                ));
+                return Err(TemplateError::UnmatchedClose(src.to_string()));
             }
             let after = &rest[i + 1..];
-            let end = after.find('}').ok_or_else(|| {
-                format!("unclosed '{{' in {src:?}; placeholders are {}", Self::FORMS)
-            })?;
+            let end = after
+                .find('}')
+                .ok_or_else(|| TemplateError::Unclosed(src.to_string()))?;
             let name = &after[..end];
             let ph = match name {
                 "sub" => Placeholder::Sub,
@@ -155,12 +167,7 @@ impl Template {
                 "issuer" => Placeholder::Issuer,
                 _ => match name.strip_prefix("claims.") {
                     Some(path) if valid_path(path) => Placeholder::Claim(path.to_string()),
-                    _ => {
-                        return Err(format!(
-                            "unknown placeholder {{{name}}}; use one of {}",
-                            Self::FORMS
-                        ))
-                    }
+                    _ => return Err(TemplateError::UnknownPlaceholder(name.to_string())),
                 },
             };
             if !lit.is_empty() {
@@ -309,6 +316,28 @@ pub fn lookup<'a>(root: &'a serde_json::Value, dotted: &str) -> Option<&'a serde
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The messages `check` shows, word for word.
+    #[test]
+    fn parse_errors_say_what_is_wrong_and_the_forms() {
+        let forms = Template::FORMS;
+        let msg = |src: &str| Template::parse(src).unwrap_err().to_string();
+        assert_eq!(msg(""), format!("is empty, so the header would be sent empty; write a filter such as \"region={{claims.region}}\" (placeholders are {forms})"));
+        assert_eq!(msg(" a"), "\" a\" starts or ends with white space, which HTTP drops from header values; remove it");
+        assert_eq!(
+            msg("a}"),
+            format!("unmatched '}}' in \"a}}\"; placeholders are {forms}")
+        );
+        assert_eq!(
+            msg("a{sub"),
+            format!("unclosed '{{' in \"a{{sub\"; placeholders are {forms}")
+        );
+        assert_eq!(
+            msg("{user}"),
+            format!("unknown placeholder {{user}}; use one of {forms}")
+        );
+        assert_eq!(msg("r=\u{e9}{sub}"), "literal text may hold only visible ASCII and spaces (0x20-0x7E), found '\u{e9}' in \"r=\u{e9}{sub}\"; remove it (claim values are percent-encoded, literal text is sent as written)");
+    }
     use serde_json::json;
 
     struct V {
@@ -427,13 +456,16 @@ mod tests {
             "a={sub}\x7f",
         ] {
             let e = Template::parse(bad).expect_err(bad);
-            assert!(e.contains("visible ASCII"), "{bad:?}: {e}");
+            assert!(e.to_string().contains("visible ASCII"), "{bad:?}: {e}");
         }
     }
 
     #[test]
     fn empty_or_space_padded_values_do_not_parse() {
-        assert!(Template::parse("").unwrap_err().contains("empty"));
+        assert!(Template::parse("")
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
         for bad in [" {sub}", "{sub} ", " x", "\t{sub}"] {
             assert!(Template::parse(bad).is_err(), "{bad:?}");
         }

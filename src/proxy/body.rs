@@ -27,6 +27,7 @@ use super::Shared;
 use crate::admin::metrics;
 use crate::audit::AuditRecord;
 use crate::gate::{Live, Outcome};
+use crate::names::Decision;
 use crate::pipeline::Admission;
 use crate::policy::rbac::Caller;
 use crate::policy::route::Route;
@@ -145,7 +146,7 @@ impl Finish {
         );
         h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         if let Ok(v) = HeaderValue::from_str(&self.request_id) {
-            h.insert("x-request-id", v);
+            h.insert(crate::names::header::X_REQUEST_ID, v);
         }
         if let Some(w) = p
             .www_authenticate
@@ -197,14 +198,14 @@ impl Finish {
         let who = |iss: &str, sub: Option<&str>| sub.map(|s| p.subject(iss, s));
         match &self.outcome {
             Some(Outcome::Allow(g)) => {
-                rec.decision = "allow";
+                rec.decision = Decision::Allow;
                 rec.subject = who(&g.iss, g.subject.as_deref());
                 rec.client_id = g.client_id.as_deref().map(String::from);
                 rec.roles = g.roles.clone();
                 rec.upstream = Some(route.upstream.clone());
             }
             Some(Outcome::Deny(e)) => {
-                rec.decision = "deny";
+                rec.decision = Decision::Deny;
                 rec.reason = Some(e.reason.as_str());
                 if let Some(c) = &self.caller {
                     rec.subject = who(&c.iss, c.sub.as_deref());
@@ -213,7 +214,7 @@ impl Finish {
                 }
             }
             Some(Outcome::Public) | None => {
-                rec.decision = "public";
+                rec.decision = Decision::Public;
                 rec.upstream = Some(route.upstream.clone());
             }
         }
@@ -247,9 +248,9 @@ impl Drop for Finish {
             _ => "",
         };
         let decision = match &self.outcome {
-            Some(Outcome::Allow(_)) => "allow",
-            Some(Outcome::Deny(_)) => "deny",
-            Some(Outcome::Public) => "public",
+            Some(Outcome::Allow(_)) => Decision::Allow.as_str(),
+            Some(Outcome::Deny(_)) => Decision::Deny.as_str(),
+            Some(Outcome::Public) => Decision::Public.as_str(),
             None => "",
         };
         tracing::debug!(parent: &self.span, status = self.status, method, decision, reason, client = %self.client, duration_ms = elapsed.as_millis() as u64, "request done");

@@ -3,6 +3,8 @@
 use http::{HeaderMap, HeaderName};
 use rand::RngCore;
 
+use crate::names::{ALWAYS_STRIPPED, FORWARDED_HEADERS, HOP_BY_HOP};
+
 /// Keeps a client's `X-Request-Id` when it is 1–128 characters of `A-Za-z0-9._-`,
 /// otherwise makes a new one (32 hex digits).
 pub fn request_id(incoming: Option<&[u8]>) -> String {
@@ -23,46 +25,6 @@ pub fn new_request_id() -> String {
     rand::thread_rng().fill_bytes(&mut b);
     crate::audit::hex_lower(&b)
 }
-
-/// Headers the gateway sets on every forwarded request (client copies are replaced).
-pub const FORWARDED_HEADERS: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-request-id"];
-
-/// Headers removed from every client request besides the config's owned ones: a backend
-/// may trust them for the method (method-override middleware would run an authorized
-/// GET as a DELETE), the URL (`X-Original-URL` / `X-Rewrite-URL` make IIS, Symfony or
-/// Zend serve another path than the one gatehouse routed), the client's address and
-/// host, or the client certificate a TLS terminator verified (nginx, Envoy, Traefik,
-/// Azure spellings), and only gatehouse may say those things.
-pub const ALWAYS_STRIPPED: [&str; 24] = [
-    // Method overrides.
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    // URL overrides.
-    "x-original-url",
-    "x-rewrite-url",
-    // Client address and host.
-    "forwarded",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-real-ip",
-    // Client certificate, as terminating proxies pass it on.
-    "x-forwarded-client-cert",
-    "x-client-cert",
-    "x-ssl-client-cert",
-    "x-ssl-client-dn",
-    "x-ssl-client-cn",
-    "x-ssl-client-s-dn",
-    "x-ssl-client-i-dn",
-    "x-ssl-client-verify",
-    "x-client-verify",
-    "x-client-dn",
-    "x-client-cn",
-    "ssl-client-cert",
-    "x-forwarded-tls-client-cert",
-    "x-forwarded-tls-client-cert-info",
-    "x-arr-clientcert",
-];
 
 /// Whether a client request header named `name` (lower case, as `HeaderName` keeps it)
 /// is removed before the request goes on: one of the `owned` headers (identity and
@@ -120,19 +82,6 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(n);
     }
 }
-
-const HOP_BY_HOP: [&str; 10] = [
-    "connection",
-    "http2-settings",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 #[cfg(test)]
 mod tests {

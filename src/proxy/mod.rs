@@ -37,6 +37,7 @@ use tracing::Instrument;
 use crate::admin::metrics;
 use crate::audit::AuditLog;
 use crate::gate::{Live, Outcome};
+use crate::names::{header, Decision};
 use crate::pipeline;
 use body::{Finish, ProxyBody};
 use problem::Problem;
@@ -123,7 +124,8 @@ pub async fn handle(
         fin.request_id = headers::new_request_id();
         return Ok(fin.respond(&Problem::bad_request(why)));
     }
-    let request_id = headers::request_id(head.headers.get("x-request-id").map(|v| v.as_bytes()));
+    let request_id =
+        headers::request_id(head.headers.get(header::X_REQUEST_ID).map(|v| v.as_bytes()));
     fin.span.record("request_id", request_id.as_str());
     // Log lines the decision causes (token checks, JWKS fetches) carry the request's id
     // and route.
@@ -136,12 +138,16 @@ pub async fn handle(
     if let (Some(route), Some(outcome)) = (&adm.route, &adm.outcome) {
         match outcome {
             Outcome::Deny(e) => metrics::AUTH_DECISIONS_TOTAL
-                .with_label_values(&[route.name.as_str(), "deny", e.reason.as_str()])
+                .with_label_values(&[
+                    route.name.as_str(),
+                    Decision::Deny.as_str(),
+                    e.reason.as_str(),
+                ])
                 .inc(),
             Outcome::Allow(_) => match live.route_metrics.get(route.index) {
                 Some(m) => m.allowed(),
                 None => metrics::AUTH_DECISIONS_TOTAL
-                    .with_label_values(&[route.name.as_str(), "allow", ""])
+                    .with_label_values(&[route.name.as_str(), Decision::Allow.as_str(), ""])
                     .inc(),
             },
             Outcome::Public => {}
@@ -279,7 +285,7 @@ fn relay(
         parts.headers.insert("strict-transport-security", v);
     }
     if let Ok(v) = HeaderValue::from_str(&fin.request_id) {
-        parts.headers.insert("x-request-id", v);
+        parts.headers.insert(header::X_REQUEST_ID, v);
     }
     if shared.draining.load(Ordering::Acquire) && !conn.h2 {
         parts

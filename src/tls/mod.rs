@@ -6,7 +6,7 @@
 //! certificate or key instead of failing a handshake later.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -14,6 +14,55 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+
+/// Why TLS material cannot be used. The messages name the file where there is one and
+/// say what is wrong; config validation adds the key and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: crate::files::ReadError,
+    },
+    /// A PEM problem of the file at `path`.
+    #[error("{}: {source}", path.display())]
+    InFile {
+        path: PathBuf,
+        source: Box<TlsError>,
+    },
+    #[error("not PEM: {0}")]
+    NotPem(std::io::Error),
+    #[error("no CERTIFICATE block found (expected PEM)")]
+    NoCertificate,
+    #[error("certificate does not parse: {0}")]
+    BadCertificate(String),
+    #[error("no PRIVATE KEY block found (expected PKCS#8, SEC1 or PKCS#1 PEM)")]
+    NoKey,
+    #[error("unsupported private key: {0}")]
+    UnsupportedKey(rustls::Error),
+    #[error("the private key does not match the certificate")]
+    KeyMismatch,
+    #[error("CA certificate not usable as a trust root: {0}")]
+    BadTrustRoot(rustls::Error),
+    #[error("TLS settings: {0}")]
+    Settings(rustls::Error),
+}
+
+impl TlsError {
+    fn in_file(path: &Path) -> impl FnOnce(TlsError) -> TlsError + '_ {
+        move |e| TlsError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        }
+    }
+
+    fn read(path: &Path) -> impl FnOnce(crate::files::ReadError) -> TlsError + '_ {
+        move |source| TlsError::Read {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
 
 /// Lowest TLS version the HTTPS listener accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,54 +72,47 @@ pub enum TlsMin {
 }
 
 /// Reads every certificate of a PEM file. An empty file is an error.
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = crate::config::files::read_bounded(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    parse_certs(&pem).map_err(|e| format!("{}: {e}", path.display()))
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = crate::files::read_bounded(path).map_err(TlsError::read(path))?;
+    parse_certs(&pem).map_err(TlsError::in_file(path))
 }
 
 /// Parses every certificate of a PEM buffer. No certificate is an error.
-pub fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = rustls_pemfile::certs(&mut &pem[..])
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not PEM: {e}"))?;
+        .map_err(TlsError::NotPem)?;
     if certs.is_empty() {
-        return Err("no CERTIFICATE block found (expected PEM)".into());
+        return Err(TlsError::NoCertificate);
     }
     for c in &certs {
         x509_parser::parse_x509_certificate(c)
-            .map_err(|e| format!("certificate does not parse: {e}"))?;
+            .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
     }
     Ok(certs)
 }
 
 /// Reads the first private key (PKCS#8, SEC1 or PKCS#1) of a PEM file.
-pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let pem = crate::config::files::read_bounded(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = crate::files::read_bounded(path).map_err(TlsError::read(path))?;
     rustls_pemfile::private_key(&mut &pem[..])
-        .map_err(|e| format!("{}: not PEM: {e}", path.display()))?
-        .ok_or_else(|| {
-            format!(
-                "{}: no PRIVATE KEY block found (expected PKCS#8, SEC1 or PKCS#1 PEM)",
-                path.display()
-            )
-        })
+        .map_err(TlsError::NotPem)
+        .and_then(|k| k.ok_or(TlsError::NoKey))
+        .map_err(TlsError::in_file(path))
 }
 
 /// A certificate chain with its key, checked to belong together.
 pub fn certified_key(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-) -> Result<CertifiedKey, String> {
+) -> Result<CertifiedKey, TlsError> {
     let provider = rustls::crypto::ring::default_provider();
     let signing = provider
         .key_provider
         .load_private_key(key)
-        .map_err(|e| format!("unsupported private key: {e}"))?;
+        .map_err(TlsError::UnsupportedKey)?;
     let ck = CertifiedKey::new(certs, signing);
-    ck.keys_match()
-        .map_err(|_| "the private key does not match the certificate".to_string())?;
+    ck.keys_match().map_err(|_| TlsError::KeyMismatch)?;
     Ok(ck)
 }
 
@@ -152,20 +194,61 @@ pub fn installed_min() -> Option<TlsMin> {
 pub fn upstream_client_config(
     ca: &[CertificateDer<'static>],
     client: CertifiedKey,
-) -> Result<rustls::ClientConfig, String> {
+) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in ca {
-        roots
-            .add(c.clone())
-            .map_err(|e| format!("CA certificate not usable as a trust root: {e}"))?;
+        roots.add(c.clone()).map_err(TlsError::BadTrustRoot)?;
     }
     let provider = CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS settings: {e}"))?
+        .map_err(TlsError::Settings)?
         .with_root_certificates(roots)
         .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(client)));
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages config validation shows: the file first, then what is wrong.
+    #[test]
+    fn errors_name_the_file_and_the_defect() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.crt");
+        let e = read_certs(&missing).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot read {}: ", missing.display())),
+            "{e}"
+        );
+        let text = dir.path().join("text.pem");
+        std::fs::write(&text, "hello\n").unwrap();
+        assert_eq!(
+            read_certs(&text).unwrap_err().to_string(),
+            format!(
+                "{}: no CERTIFICATE block found (expected PEM)",
+                text.display()
+            )
+        );
+        assert_eq!(
+            read_key(&text).unwrap_err().to_string(),
+            format!(
+                "{}: no PRIVATE KEY block found (expected PKCS#8, SEC1 or PKCS#1 PEM)",
+                text.display()
+            )
+        );
+        let pki = crate::devkit::DevPki::generate().unwrap();
+        let certs = parse_certs(pki.server.cert_pem.as_bytes()).unwrap();
+        let other = rustls_pemfile::private_key(&mut pki.client.key_pem.as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            certified_key(certs, other).unwrap_err().to_string(),
+            "the private key does not match the certificate"
+        );
+    }
 }

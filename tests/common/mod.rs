@@ -12,55 +12,28 @@ use gatehouse::devkit::{DevPki, EchoBackend, EchoOptions, IssuerOptions, KeyAlg,
 use gatehouse::server::{Gatehouse, Options};
 use serde_json::{json, Value};
 
+mod process;
+#[allow(unused_imports)]
+pub use process::*;
+
 pub const AUDIENCE: &str = "api://orders";
 
-/// Default routes: a public status route, an orders read route with a row filter, an
-/// orders update route that needs MFA, and an admin route.
-pub const DEFAULT_ROUTES: &str = r#"
-[roles.data-steward]
-groups = ["sg-data-stewards"]
-[roles.integration]
-clients = ["billing-sync"]
-[roles.admin]
-groups = ["sg-mdm-admins"]
+/// The example policy (tests/fixtures/policy.toml): roles, a public status route on
+/// `/public`, an orders read route with a row filter and an orders update route that
+/// needs MFA.
+pub const POLICY: &str = include_str!("../fixtures/policy.toml");
 
-[[routes]]
-name = "status"
-path_prefix = "/public"
-upstream = "echo"
-auth = "none"
-
-[[routes]]
-name = "orders-read"
-path_prefix = "/orders"
-methods = ["GET", "HEAD"]
-upstream = "echo"
-allow_roles = ["data-steward", "integration", "admin"]
-require_scopes = ["orders.read"]
-[[routes.row_filters]]
-header = "X-Row-Filter"
-value = "region={claims.region}"
-except_roles = ["admin"]
-
-[[routes]]
-name = "orders-update"
-path_prefix = "/orders"
-methods = ["POST", "PUT", "PATCH", "DELETE"]
-upstream = "echo"
-allow_roles = ["data-steward", "admin"]
-require_scopes = ["orders.write"]
-require_mfa = true
-[[routes.row_filters]]
-header = "X-Row-Filter"
-value = "region={claims.region};owner={sub}"
-except_roles = ["admin"]
-
+/// Default routes: the example policy and a route for any authenticated caller.
+pub const DEFAULT_ROUTES: &str = concat!(
+    include_str!("../fixtures/policy.toml"),
+    r#"
 [[routes]]
 name = "anyone"
 path_prefix = "/profile"
 upstream = "echo"
 allow_roles = []
-"#;
+"#
+);
 
 /// Minimal routes for operations tests: a public `/slow` (the echo backend's delay path)
 /// and `/orders` for the data-steward role.
@@ -80,6 +53,51 @@ path_prefix = "/orders"
 upstream = "echo"
 allow_roles = ["data-steward"]
 "#;
+
+/// A specific admin route, a specific orders route with a row filter, and a catch-all
+/// for any authenticated caller: a common layout ("everything else: just be logged in").
+pub const LAYERED_ROUTES: &str = r#"
+[roles.data-steward]
+groups = ["sg-data-stewards"]
+[roles.admin]
+groups = ["sg-mdm-admins"]
+
+[[routes]]
+name = "admin"
+path_prefix = "/admin"
+upstream = "echo"
+allow_roles = ["admin"]
+
+[[routes]]
+name = "orders"
+path_prefix = "/orders"
+upstream = "echo"
+allow_roles = ["data-steward", "admin"]
+[[routes.row_filters]]
+header = "X-Row-Filter"
+value = "region={claims.region}"
+except_roles = ["admin"]
+
+[[routes]]
+name = "rest"
+path_prefix = "/"
+upstream = "echo"
+allow_roles = []
+"#;
+
+/// `DEFAULT_ROUTES` with every route name prefixed, so metric labels are the test's own
+/// (metrics are process-wide and tests run in parallel).
+pub fn routes_prefixed(prefix: &str) -> String {
+    DEFAULT_ROUTES.replace("name = \"", &format!("name = \"{prefix}-"))
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
 
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -514,36 +532,66 @@ pub fn raw_request(env: &Env, request: &str) -> String {
     })
 }
 
+/// `GET target` over raw TLS (HTTP/1.1, `Connection: close`) with an optional bearer
+/// token and `extra` header lines (each ending in CRLF); the raw response text.
+pub fn raw_get(env: &Env, target: &str, token: Option<&str>, extra: &str) -> String {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    raw_request(
+        env,
+        &format!(
+            "GET {target} HTTP/1.1\r\nHost: localhost\r\n{auth}{extra}Connection: close\r\n\r\n"
+        ),
+    )
+}
+
+/// The status code of a raw HTTP/1 response; 0 when there is no status line.
+pub fn status_of(raw: &str) -> u16 {
+    raw.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The samples of Prometheus text `text`: (series name, labels, value).
+fn samples(text: &str) -> impl Iterator<Item = (&str, Vec<(&str, &str)>, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (name, label_text) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = label_text
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k.trim(), v.trim_matches('"')))
+                .collect();
+            Some((name, labels, value.parse::<f64>().unwrap_or(0.0)))
+        })
+}
+
 /// Sum of the samples of metric `name` (exact series name, e.g.
 /// `gatehouse_auth_decisions_total`) in Prometheus text `text` whose labels include every
 /// `(key, value)` pair of `labels`; 0 when none matches.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (series_name, label_text) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if series_name != name {
-            continue;
-        }
-        let pairs: Vec<(&str, &str)> = label_text
-            .split("\",")
-            .filter(|p| !p.is_empty())
-            .filter_map(|p| p.split_once('='))
-            .map(|(k, v)| (k.trim(), v.trim_matches('"')))
-            .collect();
-        if labels.iter().all(|want| pairs.contains(want)) {
-            sum += value.parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    sum
+    samples(text)
+        .filter(|(n, pairs, _)| *n == name && labels.iter().all(|want| pairs.contains(want)))
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+/// The value of the one sample `name{labels}` whose label set is exactly `labels` (in any
+/// order); `None` when there is no such series.
+pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples(text)
+        .find(|(n, pairs, _)| {
+            *n == name && pairs.len() == labels.len() && labels.iter().all(|l| pairs.contains(l))
+        })
+        .map(|(_, _, v)| v)
 }
 
 /// `gatehouse serve -c CONFIG` for this env, to run as a child process (set stdio, spawn).

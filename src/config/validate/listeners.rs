@@ -238,7 +238,7 @@ impl Validator<'_> {
         name: String,
     ) -> Option<(Vec<u8>, Vec<rustls::pki_types::CertificateDer<'static>>)> {
         let p = self.file(ca.get_ref());
-        let pem = match crate::config::files::read_bounded(&p) {
+        let pem = match crate::files::read_bounded(&p) {
             Ok(b) => b,
             Err(e) => {
                 self.err(

@@ -25,48 +25,34 @@ use indexmap::IndexMap;
 use super::raw::*;
 use super::*;
 use crate::auth::{Introspection, IssuerSettings, KeySource};
+use crate::names::{self, ALWAYS_STRIPPED, HOP_BY_HOP, IDENTITY_HEADERS};
 use crate::policy::route::{normalize_prefix, AuthMode, Route, RowFilter};
 use crate::policy::row_filter::Template;
 
-/// Headers a row filter may not use: hop-by-hop, identity and the ones gatehouse sets.
-const RESERVED_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers a row filter may not use besides the hop-by-hop ones: the identity headers
+/// and the ones gatehouse sets or relies on.
+const GATEWAY_HEADERS: &[&str] = &[
     "host",
     "authorization",
     "cookie",
     "content-length",
-    "x-forwarded-for",
-    "x-forwarded-proto",
+    names::X_FORWARDED_FOR,
+    names::X_FORWARDED_PROTO,
     "x-forwarded-host",
     "forwarded",
-    "x-request-id",
+    names::X_REQUEST_ID,
     "traceparent",
-    "x-auth-subject",
-    "x-auth-client-id",
-    "x-auth-roles",
-    "x-auth-issuer",
+    names::X_AUTH_SUBJECT,
+    names::X_AUTH_CLIENT_ID,
+    names::X_AUTH_ROLES,
+    names::X_AUTH_ISSUER,
 ];
 
-/// The hop-by-hop part of [`RESERVED_HEADERS`] (RFC 9110 section 7.6.1 and friends).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// Whether a row filter may not use header `name` (lower case): hop-by-hop, identity, or
+/// one gatehouse sets or relies on.
+fn reserved_header(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name) || GATEWAY_HEADERS.contains(&name)
+}
 
 const DEFAULT_ALGS: &[&str] = &["RS256", "PS256", "ES256", "EdDSA"];
 const WARN_EXPIRY_DAYS: i64 = 30;
@@ -84,7 +70,7 @@ pub fn load(path: &Path) -> Result<Runtime, ConfigErrors> {
 pub fn load_naming_files(path: &Path) -> (Result<Runtime, ConfigErrors>, Vec<WatchedFile>) {
     // Before reading: a change made after this differs from it, so it is never missed.
     let config_file = (path.to_path_buf(), crate::watch::fingerprint(path));
-    let bytes = match super::files::read_bounded(path) {
+    let bytes = match crate::files::read_bounded(path) {
         Ok(b) => b,
         Err(e) => {
             let err = ConfigErrors(vec![ConfigError {
@@ -108,7 +94,7 @@ pub fn load_naming_files(path: &Path) -> (Result<Runtime, ConfigErrors>, Vec<Wat
 }
 
 fn utf8_or_error<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, ConfigErrors> {
-    super::files::utf8(bytes).map_err(|(line, col)| {
+    crate::files::utf8(bytes).map_err(|(line, col)| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
             line,
@@ -194,7 +180,7 @@ impl<'a> Validator<'a> {
 
     /// 1-based line and column (in characters) of a byte offset in the file.
     fn line_col(&self, offset: usize) -> (usize, usize) {
-        super::files::line_col(self.src, offset)
+        crate::files::line_col(self.src, offset)
     }
 
     fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
@@ -276,7 +262,7 @@ impl<'a> Validator<'a> {
                 },
                 (None, Some(file)) => {
                     let p = self.file(file);
-                    match super::files::read_secret_bounded(&p) {
+                    match crate::files::read_secret_bounded(&p) {
                         Ok(mut v) => {
                             while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                                 v.pop();

@@ -66,7 +66,7 @@ impl Validator<'_> {
         let tls = match crate::tls::upstream_client_config(&ca_certs, client_key) {
             Ok(t) => t,
             Err(e) => {
-                self.err(r.ca.span(), k("ca"), e);
+                self.err(r.ca.span(), k("ca"), e.to_string());
                 return None;
             }
         };

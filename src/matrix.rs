@@ -18,11 +18,12 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use super::rbac;
-use super::route::{AuthMode, Route};
-use super::row_filter::Placeholder;
 use crate::auth::{DenyReason, Identity};
 use crate::config::Runtime;
+use crate::names;
+use crate::policy::rbac;
+use crate::policy::route::{AuthMode, Route};
+use crate::policy::row_filter::Placeholder;
 
 /// The pseudo-role of a caller with a valid token and none of the known roles.
 pub const AUTHENTICATED: &str = "(authenticated)";
@@ -80,9 +81,9 @@ pub enum Decision {
 impl Decision {
     pub fn as_str(self) -> &'static str {
         match self {
-            Decision::Public => "public",
-            Decision::Allow => "allow",
-            Decision::Deny => "deny",
+            Decision::Public => names::Decision::Public.as_str(),
+            Decision::Allow => names::Decision::Allow.as_str(),
+            Decision::Deny => names::Decision::Deny.as_str(),
             Decision::NotApplicable => "n/a",
         }
     }
