@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaPublicKeyComponents};
+use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -65,13 +66,78 @@ pub struct VerifyKey {
     pub kind: KeyKind,
     /// The JWK's own `alg`, when it states one: then only that alg may use the key.
     pub alg: Option<Algorithm>,
-    pub key: DecodingKey,
+    /// The key parsed once for each algorithm it may verify. aws-lc-rs keeps the parsed
+    /// key (for RSA with its Montgomery constants) with it, so a token costs the
+    /// signature check alone, not a key parse as well (docs/ARCHITECTURE.md, "Cold path").
+    parsed: Arc<[(Algorithm, ParsedPublicKey)]>,
 }
 
 impl VerifyKey {
     pub fn fits(&self, alg: Algorithm) -> bool {
         self.kind.fits(alg) && self.alg.is_none_or(|a| a == alg)
     }
+
+    /// Whether `signature` (raw bytes) signs `message` under this key with `alg`; `false`
+    /// for an alg the key does not fit.
+    pub fn verifies(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        self.parsed
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .is_some_and(|(_, k)| k.verify_sig(message, signature).is_ok())
+    }
+}
+
+/// What a JWK's key is made of, decoded.
+enum Material {
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    /// An EC point (`04 || x || y`) or an Ed25519 public key.
+    Point(Vec<u8>),
+}
+
+/// RSA algorithms with aws-lc-rs's parameters (the same jsonwebtoken's aws-lc backend
+/// uses: 2048 to 8192 bits).
+static RSA_ALGS: [(Algorithm, &sig::RsaParameters); 6] = [
+    (Algorithm::RS256, &sig::RSA_PKCS1_2048_8192_SHA256),
+    (Algorithm::RS384, &sig::RSA_PKCS1_2048_8192_SHA384),
+    (Algorithm::RS512, &sig::RSA_PKCS1_2048_8192_SHA512),
+    (Algorithm::PS256, &sig::RSA_PSS_2048_8192_SHA256),
+    (Algorithm::PS384, &sig::RSA_PSS_2048_8192_SHA384),
+    (Algorithm::PS512, &sig::RSA_PSS_2048_8192_SHA512),
+];
+
+/// Parses the key once for every algorithm it may verify: the JWK's own `alg` only,
+/// when it states one, else each algorithm its type fits.
+fn parse_key(
+    kind: KeyKind,
+    only: Option<Algorithm>,
+    m: &Material,
+) -> Result<Arc<[(Algorithm, ParsedPublicKey)]>, JwkError> {
+    let wanted = |a: Algorithm| only.is_none_or(|o| o == a);
+    let rejected = |e: aws_lc_rs::error::KeyRejected| JwkError::Rejected(e.to_string());
+    let mut out = Vec::new();
+    match (kind, m) {
+        (KeyKind::Rsa, Material::Rsa { n, e }) => {
+            let c = RsaPublicKeyComponents { n, e };
+            for (alg, params) in RSA_ALGS.iter().filter(|(a, _)| wanted(*a)) {
+                out.push((*alg, c.to_parsed_public_key(params).map_err(rejected)?));
+            }
+        }
+        (KeyKind::EcP256 | KeyKind::EcP384 | KeyKind::Ed25519, Material::Point(p)) => {
+            let (alg, v): (Algorithm, &'static dyn sig::VerificationAlgorithm) = match kind {
+                KeyKind::EcP256 => (Algorithm::ES256, &sig::ECDSA_P256_SHA256_FIXED),
+                KeyKind::EcP384 => (Algorithm::ES384, &sig::ECDSA_P384_SHA384_FIXED),
+                _ => (Algorithm::EdDSA, &sig::ED25519),
+            };
+            if wanted(alg) {
+                out.push((alg, ParsedPublicKey::new(v, p).map_err(rejected)?));
+            }
+        }
+        _ => unreachable!("material matches the key kind"),
+    }
+    Ok(out.into())
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -131,8 +197,8 @@ enum JwkError {
     EdLength,
     #[error("key type does not fit its own alg {0:?}")]
     AlgMismatch(Algorithm),
-    #[error(transparent)]
-    Key(#[from] jsonwebtoken::errors::Error),
+    #[error("key refused: {0}")]
+    Rejected(String),
 }
 
 /// Parses a JWKS document. Fails only when the document itself is not a JWKS (not JSON,
@@ -193,15 +259,15 @@ fn parse_jwk(value: &Value) -> Result<Option<VerifyKey>, JwkError> {
         base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, v)
             .map_err(|_| JwkError::BadBase64(member))
     };
-    let (kind, key) = match &jwk.algorithm {
+    let (kind, material) = match &jwk.algorithm {
         AlgorithmParameters::RSA(p) => {
             let n = b64(&p.n, "n")?;
             let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
             if bits < MIN_RSA_BITS {
                 return Err(JwkError::RsaTooShort { bits });
             }
-            b64(&p.e, "e")?;
-            (KeyKind::Rsa, DecodingKey::from_jwk(&jwk)?)
+            let e = b64(&p.e, "e")?;
+            (KeyKind::Rsa, Material::Rsa { n, e })
         }
         AlgorithmParameters::EllipticCurve(p) => {
             let (kind, len) = match p.curve {
@@ -209,19 +275,22 @@ fn parse_jwk(value: &Value) -> Result<Option<VerifyKey>, JwkError> {
                 EllipticCurve::P384 => (KeyKind::EcP384, 48),
                 _ => return Ok(None),
             };
-            if b64(&p.x, "x")?.len() != len || b64(&p.y, "y")?.len() != len {
+            let (x, y) = (b64(&p.x, "x")?, b64(&p.y, "y")?);
+            if x.len() != len || y.len() != len {
                 return Err(JwkError::EcLength);
             }
-            (kind, DecodingKey::from_jwk(&jwk)?)
+            let point = [&[4u8][..], &x, &y].concat();
+            (kind, Material::Point(point))
         }
         AlgorithmParameters::OctetKeyPair(p) => {
             if p.curve != EllipticCurve::Ed25519 {
                 return Ok(None);
             }
-            if b64(&p.x, "x")?.len() != 32 {
+            let x = b64(&p.x, "x")?;
+            if x.len() != 32 {
                 return Err(JwkError::EdLength);
             }
-            (KeyKind::Ed25519, DecodingKey::from_jwk(&jwk)?)
+            (KeyKind::Ed25519, Material::Point(x))
         }
         AlgorithmParameters::Other(o) => {
             // A signature key type and curve we use that did not parse as one lacks a
@@ -249,7 +318,7 @@ fn parse_jwk(value: &Value) -> Result<Option<VerifyKey>, JwkError> {
         kid: jwk.common.key_id.clone(),
         kind,
         alg,
-        key,
+        parsed: parse_key(kind, alg, &material)?,
     }))
 }
 
