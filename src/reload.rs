@@ -5,9 +5,10 @@
 //! In-flight requests hold an `Arc` of the state they started with, so they finish under
 //! it; the new state carries a new decision cache, so no decision made under the old
 //! config answers under the new one. Listener addresses, `threads`, `tls_min_version` and
-//! `proxy_protocol` are fixed at start, and so is the `[audit]` table (one writer and one
-//! pseudonym key per process, so that pseudonyms stay comparable) and the `[tracing]` table
-//! (one span exporter per process): a change to them is reported as needing a restart.
+//! `proxy_protocol` are fixed at start, and so are `audit.path` and `retention_days` (one
+//! writer per process) and the `[tracing]` table (one span exporter per process): a change
+//! to them is reported as needing a restart. A new `audit.pseudonym_key` applies at once
+//! (a rotated Secret): later audit lines carry pseudonyms under the new key.
 //!
 //! The same reload runs when a watched file changes ([`crate::watch`]): the reloader
 //! keeps, for the watcher, every file its last attempt read with the fingerprint the
@@ -129,9 +130,6 @@ pub fn needs_restart(running: &Runtime, file: &Runtime) -> Vec<String> {
         tracing(running, |t| &t.service_name),
         tracing(file, |t| &t.service_name),
     );
-    if running.audit.pseudonym_key != file.audit.pseudonym_key {
-        v.push("audit.pseudonym_key: the file names another key than the one running".to_string());
-    }
     v
 }
 
@@ -231,6 +229,14 @@ impl Reloader {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.cert.swap(new.server.cert.clone());
         publish_certs(&new);
+        if old.rt.audit.pseudonym_key != new.audit.pseudonym_key {
+            // The operator rotated it (a Kubernetes Secret, say): pseudonyms of requests
+            // from here on use the new key, as they will in every replica that reloads.
+            self.shared
+                .audit
+                .set_pseudonym_key(new.audit.pseudonym_key.as_deref());
+            tracing::info!(target: "gatehouse::reload", "audit.pseudonym_key changed: subject pseudonyms use the new key from now on");
+        }
         for gone in old
             .rt
             .issuers

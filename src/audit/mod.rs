@@ -221,7 +221,8 @@ pub struct AuditLog {
 
 struct Inner {
     tx: mpsc::Sender<Msg>,
-    pseudonymizer: Pseudonymizer,
+    /// Swapped when a reload brings another `pseudonym_key`.
+    pseudonymizer: arc_swap::ArcSwap<Pseudonymizer>,
     health: Health,
 }
 
@@ -262,14 +263,24 @@ impl AuditLog {
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 tx,
-                pseudonymizer: Pseudonymizer::new(settings.pseudonym_key.as_deref()),
+                pseudonymizer: arc_swap::ArcSwap::from_pointee(Pseudonymizer::new(
+                    settings.pseudonym_key.as_deref(),
+                )),
                 health,
             }),
         })
     }
 
-    pub fn pseudonymizer(&self) -> &Pseudonymizer {
-        &self.inner.pseudonymizer
+    pub fn pseudonymizer(&self) -> arc_swap::Guard<Arc<Pseudonymizer>> {
+        self.inner.pseudonymizer.load()
+    }
+
+    /// Uses `key` for the pseudonyms of requests from now on (a reload that brings
+    /// another `audit.pseudonym_key`: the operator rotated it). Earlier lines keep theirs.
+    pub fn set_pseudonym_key(&self, key: Option<&[u8]>) {
+        self.inner
+            .pseudonymizer
+            .store(Arc::new(Pseudonymizer::new(key)));
     }
 
     /// Queues one record. Waits for room when the writer is behind: lines are never
