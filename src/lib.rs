@@ -12,6 +12,7 @@ pub mod devkit;
 pub mod explain;
 pub mod gate;
 pub mod logging;
+pub mod memory;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;

@@ -269,6 +269,8 @@ impl Gatehouse {
         let audit = AuditLog::start(&rt.audit, bg.handle())
             .map_err(|e| anyhow::anyhow!("cannot open the audit log (audit.path): {e}"))?;
         let shared = Shared::new(Live::new(rt.clone(), auth.clone()), audit);
+        // Freed heap memory back to the OS after waves of closed connections (memory.rs).
+        bg.spawn(crate::memory::trim_loop(shared.clone()));
         let cert = SwappableCert::new(rt.server.cert.clone());
         let reloader = Arc::new(Reloader::new(
             opts.config.clone(),
