@@ -52,10 +52,10 @@ ca=$(grep -m1 -o -- '--cacert [^ ]*' "$out" | sed 's/--cacert //')
 [ -n "$port" ] && [ -n "$ca" ] || { echo "demo did not start" >&2; cat "$work/demo.err" >&2; exit 2; }
 echo "scanning gatehouse demo at localhost:$port ($("$GATEHOUSE" --version), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u '+%Y-%m-%d %H:%M UTC'))"
 
-echo "testssl $(testssl --version 2>/dev/null | grep -m1 -o 'testssl.sh *[0-9][^ ]*' || true)..."
+echo "testssl $(testssl --version 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | grep -m1 -o '[0-9][0-9]*\.[0-9][0-9.]*' || true)..."
 testssl --quiet --color 0 --warnings off --add-ca "$ca" --jsonfile "$work/testssl.json" \
   "https://localhost:$port" >"$work/testssl.txt" 2>&1 || true
-echo "sslscan $(sslscan --version 2>/dev/null | grep -m1 -o '[0-9][0-9.]*' || true)..."
+echo "sslscan $(sslscan --version 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | grep -m1 -o '[0-9][0-9]*\.[0-9][0-9.]*' || true)..."
 sslscan --no-colour --show-certificate --xml="$work/sslscan.xml" "localhost:$port" >"$work/sslscan.txt" 2>&1 || true
 
 python3 - "$work/testssl.json" "$work/sslscan.xml" <<'PY'
