@@ -9,10 +9,11 @@
 //! from 72 to 16.5 MiB. Measurements: docs/ARCHITECTURE.md.
 //!
 //! So the background runtime watches the number of open connections once a second and
-//! trims, on a blocking thread, when a wave of connections has closed ([`CLOSED_WAVE`]
-//! fewer than the high-water mark since the last trim, at most every
-//! [`MIN_INTERVAL`]) and in any case every [`MAX_INTERVAL`] (decision caches replaced
-//! by a reload or emptied by expiry free memory too). With the `mimalloc` feature, or a
+//! trims, on a blocking thread, once a wave of connections has closed ([`CLOSED_WAVE`]
+//! fewer than the high-water mark since the last trim, and the count no longer falling,
+//! so that a wave closing over several seconds is trimmed once it is over; at most every
+//! [`MIN_INTERVAL`]) and in any case every [`MAX_INTERVAL`] (decision caches replaced by
+//! a reload or emptied by expiry free memory too). With the `mimalloc` feature, or a
 //! libc other than glibc, nothing is done.
 
 use std::sync::atomic::Ordering;
@@ -34,19 +35,27 @@ const TICK: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct TrimPolicy {
     high: usize,
+    /// The count seen at the previous look.
+    prev: usize,
     last: Instant,
 }
 
 impl TrimPolicy {
     pub fn new(now: Instant) -> Self {
-        TrimPolicy { high: 0, last: now }
+        TrimPolicy {
+            high: 0,
+            prev: 0,
+            last: now,
+        }
     }
 
     /// `open` connections now: whether to trim (then the marks start again from here).
     pub fn observe(&mut self, open: usize, now: Instant) -> bool {
+        let falling = open < self.prev;
+        self.prev = open;
         self.high = self.high.max(open);
         let since = now.saturating_duration_since(self.last);
-        let wave = self.high - open >= CLOSED_WAVE && since >= MIN_INTERVAL;
+        let wave = self.high - open >= CLOSED_WAVE && !falling && since >= MIN_INTERVAL;
         if wave || since >= MAX_INTERVAL {
             self.high = open;
             self.last = now;
@@ -114,13 +123,17 @@ mod tests {
         assert!(!p.observe(2000, at(2)));
         // Fewer than a wave closed.
         assert!(!p.observe(2000 - CLOSED_WAVE + 1, at(6)));
-        // A wave closed: due, and the marks restart from the current count.
-        assert!(p.observe(10, at(7)));
+        // A wave closing over several seconds: not while the count still falls.
+        assert!(!p.observe(1000, at(7)));
         assert!(!p.observe(10, at(8)));
+        // Over: due, and the marks restart from the current count.
+        assert!(p.observe(10, at(9)));
+        assert!(!p.observe(10, at(10)));
         // Another wave soon after waits for MIN_INTERVAL.
-        assert!(!p.observe(1000, at(9)));
-        assert!(!p.observe(0, at(10)));
-        assert!(p.observe(0, at(7) + MIN_INTERVAL));
+        assert!(!p.observe(1000, at(11)));
+        assert!(!p.observe(0, at(12)));
+        assert!(!p.observe(0, at(13)));
+        assert!(p.observe(0, at(9) + MIN_INTERVAL));
     }
 
     #[test]
