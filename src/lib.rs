@@ -14,6 +14,7 @@ pub mod files;
 pub mod gate;
 pub mod logging;
 pub mod matrix;
+pub mod memory;
 pub mod names;
 pub mod pipeline;
 pub mod policy;

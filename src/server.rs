@@ -273,6 +273,8 @@ impl Gatehouse {
             None => None,
         };
         let shared = Shared::with_tracing(Live::new(rt.clone(), auth.clone()), audit, tracing);
+        // Freed heap memory back to the OS after waves of closed connections (memory.rs).
+        bg.spawn(crate::memory::trim_loop(shared.clone()));
         let cert = SwappableCert::new(rt.server.cert.clone());
         let reloader = Arc::new(Reloader::new(
             opts.config.clone(),

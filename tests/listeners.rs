@@ -550,3 +550,49 @@ fn certificate_expiry_is_exported_for_every_loaded_certificate() {
         assert!(v > chrono::Utc::now().timestamp() as f64, "{name}: {v}");
     }
 }
+
+/// The server's cipher suite order decides, not the client's (TLS scanners report a
+/// server that follows the client: testssl.sh "NOT a cipher order configured"). A client
+/// that lists the suites in reverse still gets the server's first one it supports, on
+/// TLS 1.3 and on TLS 1.2.
+#[test]
+fn server_cipher_order_decides() {
+    let env = Env::start();
+    let process = rustls::crypto::CryptoProvider::get_default()
+        .expect("the gateway installed a provider")
+        .clone();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let mut provider = (*process).clone();
+        // Suites for this version that an ECDSA server certificate can use.
+        provider.cipher_suites.retain(|s| {
+            s.version() == version
+                && match s {
+                    rustls::SupportedCipherSuite::Tls12(s12) => s12
+                        .sign
+                        .contains(&rustls::SignatureScheme::ECDSA_NISTP256_SHA256),
+                    rustls::SupportedCipherSuite::Tls13(_) => true,
+                }
+        });
+        let server_first = provider.cipher_suites[0].suite();
+        provider.cipher_suites.reverse();
+        assert_ne!(provider.cipher_suites[0].suite(), server_first);
+        let mut roots = rustls::RootCertStore::empty();
+        for c in gatehouse::tls::parse_certs(env.pki.ca.cert_pem.as_bytes()).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let negotiated = env.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(env.https).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = connector.connect(name, tcp).await.unwrap();
+            tls.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+        });
+        assert_eq!(negotiated, server_first, "{version:?}");
+    }
+}

@@ -11,8 +11,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, CustomExtension, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, Certificate, CertificateParams, CrlDistributionPoint, CustomExtension,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    SerialNumber,
 };
 use sha2::{Digest, Sha256};
 
@@ -36,6 +37,10 @@ pub const CLIENT_COMMON_NAME: &str = "gatehouse-gateway";
 pub const BACKEND_COMMON_NAME: &str = "backend";
 /// Loopback names every local server certificate carries.
 pub const LOCAL_SANS: &[&str] = &["localhost", "127.0.0.1", "::1"];
+/// The CRL distribution point every leaf names. Nothing serves it: it is there so that
+/// TLS scanners (`scripts/tls-audit.sh`) see a revocation source on the demo's
+/// certificate, as on a real one, instead of reporting its absence.
+pub const CRL_URL: &str = "http://127.0.0.1/gatehouse-dev-ca.crl";
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -139,6 +144,9 @@ impl DevPki {
         params.not_after = not_after.into();
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
+        params.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: vec![CRL_URL.to_string()],
+        }];
         let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key)?;
         Ok(CertPair {
             cert_pem: cert.pem(),
@@ -291,6 +299,30 @@ mod tests {
         verify_server(&pki.ca, &pki.server, "localhost").unwrap();
         verify_server(&pki.ca, &pki.server, "127.0.0.1").unwrap();
         verify_server(&pki.ca, &pki.backend, "::1").unwrap();
+        // Every leaf names the CRL distribution point (TLS scanners look for one).
+        for leaf in [&server, &client] {
+            let ext = leaf
+                .get_extension_unique(
+                    &x509_parser::oid_registry::OID_X509_EXT_CRL_DISTRIBUTION_POINTS,
+                )
+                .unwrap()
+                .expect("CRL distribution points");
+            let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() else {
+                panic!("unparsed CRL distribution points: {ext:?}");
+            };
+            let uris: Vec<String> = points
+                .iter()
+                .flat_map(|p| match &p.distribution_point {
+                    Some(DistributionPointName::FullName(names)) => names.clone(),
+                    _ => Vec::new(),
+                })
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(uris, vec![CRL_URL.to_string()]);
+        }
         // EKUs are enforced: the client identity is no server certificate.
         assert!(verify_server(&pki.ca, &pki.client, "localhost").is_err());
         assert!(pki.server.key_pem.contains("BEGIN PRIVATE KEY"));
