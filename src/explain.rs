@@ -11,7 +11,11 @@
 //!   leeway, through the verifier's own `auth::jwt::check_claims`; the signature and
 //!   issuer-key checks are skipped and the output says so.
 //! - Roles with their source ([`rbac::roles_of`]), the decision and the row-filter
-//!   headers ([`rbac::decide`], percent-encoding included), the status the client gets.
+//!   headers, percent-encoding included, and the status the client gets. With `--token`
+//!   the decision comes from the gateway's own decision step
+//!   ([`Live::decide_with_caller`], which `pipeline::admit` calls for every request), so
+//!   explain and the gateway cannot disagree; with `--claims` (no token to decide on) from
+//!   [`rbac::decide`], the authorization that step runs.
 //!
 //! The token is never printed back: [`redact`] keeps 8 characters and the length.
 
@@ -24,6 +28,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::{AuthError, Authenticator, DenyReason, Identity, IssuerSettings, KeySource};
 use crate::config::Runtime;
+use crate::gate::{Live, Outcome};
 use crate::names::Decision;
 use crate::policy::rbac::{self, RoleGrant};
 use crate::policy::route::{self, AuthMode, Route};
@@ -133,7 +138,7 @@ fn check(name: &'static str, result: CheckResult, detail: impl Into<String>) -> 
 
 /// Runs one request through routing, authentication and authorization.
 pub fn explain(
-    rt: &Runtime,
+    rt: &Arc<Runtime>,
     method: &str,
     url: &str,
     cred: &Credential,
@@ -208,16 +213,24 @@ pub fn explain(
         e.forwarded = true;
         return Ok(e);
     }
-    let verified = match cred {
+    let (verified, outcome) = match cred {
         Credential::Token(t) => verify_token(rt, &r, t, opts, &mut e.token_checks),
-        Credential::Claims(c) => verify_claims(rt, &r, c, &mut e.token_checks),
+        // Claims taken as verified: there is no token for the gateway's decision step, so
+        // the authorization that step runs is called directly.
+        Credential::Claims(c) => (verify_claims(rt, &r, c, &mut e.token_checks), None),
     };
     let id = match verified {
         Ok(id) => id,
         Err(err) => return Ok(deny(e, err)),
     };
     e.roles = rbac::roles_of(&id, &rt.roles);
-    let decided = rbac::decide(&r, &id, &rt.roles);
+    // With a token, the decision is the gateway's own (`gate::Live::decide_with_caller`,
+    // what `pipeline::admit` calls for every request); the identity above only explains it.
+    let decided = match outcome {
+        Some(Outcome::Allow(g)) => Ok(g),
+        Some(Outcome::Deny(err)) => Err(err),
+        Some(Outcome::Public) | None => rbac::decide(&r, &id, &rt.roles).map(Arc::new),
+    };
     e.authz_checks = authz_checks(&r, &id, &e.roles, decided.as_ref().err());
     match decided {
         Ok(grant) => {
@@ -376,13 +389,15 @@ fn now() -> u64 {
 }
 
 /// `--token`: the real verifier, keys from each issuer's configured source.
+/// Verifies `token` for the token checks shown, and decides the request with the
+/// gateway's own decision step ([`Live::decide_with_caller`]) on the same keys.
 fn verify_token(
-    rt: &Runtime,
+    rt: &Arc<Runtime>,
     r: &Route,
     token: &str,
     opts: &Options,
     checks: &mut Vec<Check>,
-) -> Result<Identity, AuthError> {
+) -> (Result<Identity, AuthError>, Option<Outcome>) {
     let peeked = peek(token);
     let iss = peeked
         .as_ref()
@@ -401,15 +416,20 @@ fn verify_token(
     {
         Ok(io) => io,
         Err(e) => {
-            return Err(AuthError::new(
+            let e = AuthError::new(
                 DenyReason::IssuerUnavailable,
                 format!("cannot start the key-fetching runtime: {e}"),
-            ))
+            );
+            return (Err(e), None);
         }
     };
-    let auth = Authenticator::new(rt.issuers.clone(), io.handle().clone(), None);
+    let auth = Arc::new(Authenticator::new(
+        rt.issuers.clone(),
+        io.handle().clone(),
+        None,
+    ));
     auth.start();
-    let result = io.block_on(async {
+    let (result, outcome) = io.block_on(async {
         let start = Instant::now();
         while start.elapsed() < opts.key_wait {
             let missing = auth.not_ready();
@@ -418,7 +438,13 @@ fn verify_token(
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        auth.verify(token, r.issuers.as_deref()).await
+        let verified = auth.verify(token, r.issuers.as_deref()).await;
+        let live = Live::new(rt.clone(), auth.clone());
+        let authorization = format!("Bearer {token}");
+        let (outcome, _) = live
+            .decide_with_caller(r, Some(authorization.as_bytes()))
+            .await;
+        (verified, outcome)
     });
     auth.stop();
     drop(auth);
@@ -479,7 +505,7 @@ fn verify_token(
             ),
         });
     }
-    result
+    (result, Some(outcome))
 }
 
 /// `--claims`: pick the issuer like the verifier (exact `iss`, accepted on the route),

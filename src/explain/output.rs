@@ -260,7 +260,7 @@ pub fn run(
         )
     };
     let rt = match crate::config::load(config) {
-        Ok(rt) => rt,
+        Ok(rt) => std::sync::Arc::new(rt),
         Err(errs) => {
             return (
                 String::new(),
