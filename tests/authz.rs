@@ -21,14 +21,6 @@ fn env_prefixed(prefix: &str) -> Env {
     })
 }
 
-fn deny_count(env: &Env, route: &str, reason: &str) -> f64 {
-    metric_value(
-        &env.metrics(),
-        "gatehouse_auth_decisions_total",
-        &[("route", route), ("result", "deny"), ("reason", reason)],
-    )
-}
-
 fn body(r: &Resp) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }

@@ -12,7 +12,10 @@ use gatehouse::devkit::{DevPki, EchoBackend, EchoOptions, IssuerOptions, KeyAlg,
 use gatehouse::server::{Gatehouse, Options};
 use serde_json::{json, Value};
 
+mod denials;
 mod process;
+#[allow(unused_imports)]
+pub use denials::*;
 #[allow(unused_imports)]
 pub use process::*;
 
