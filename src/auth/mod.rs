@@ -274,6 +274,27 @@ pub fn bearer_token(authorization: Option<&[u8]>) -> Result<&str, AuthError> {
 #[cfg(test)]
 mod e2e_tests;
 
+/// An issuer `corp` (`https://idp`) with the default claim mapping, for unit tests that
+/// build an [`Identity`] from claims.
+#[cfg(test)]
+pub(crate) fn test_settings() -> IssuerSettings {
+    IssuerSettings {
+        name: "corp".into(),
+        issuer: "https://idp".into(),
+        keys: KeySource::Discovery,
+        audiences: vec![],
+        algorithms: vec![],
+        leeway_s: 0,
+        ca_pem: None,
+        jwks_refresh_s: 600,
+        roles_claim: "roles".into(),
+        groups_claim: "groups".into(),
+        scopes_claim: "scope".into(),
+        client_id_claim: "client_id".into(),
+        introspection: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,21 +428,7 @@ mod tests {
 
     #[test]
     fn mfa_markers() {
-        let s = IssuerSettings {
-            name: "corp".into(),
-            issuer: "https://idp".into(),
-            keys: KeySource::Discovery,
-            audiences: vec![],
-            algorithms: vec![],
-            leeway_s: 0,
-            ca_pem: None,
-            jwks_refresh_s: 600,
-            roles_claim: "roles".into(),
-            groups_claim: "groups".into(),
-            scopes_claim: "scope".into(),
-            client_id_claim: "client_id".into(),
-            introspection: None,
-        };
+        let s = test_settings();
         let id =
             |amr: Value| Identity::from_claims(&s, "https://idp".into(), 1, json!({ "amr": amr }));
         assert!(id(json!(["pwd", "mfa"])).has_mfa());

@@ -334,27 +334,12 @@ fn invalid_value(header: &HeaderName) -> AuthError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{IssuerSettings, KeySource};
     use crate::policy::route::RowFilter;
     use crate::policy::row_filter::Template;
     use serde_json::json;
 
     fn identity() -> Identity {
-        let s = IssuerSettings {
-            name: "corp".into(),
-            issuer: "https://idp".into(),
-            keys: KeySource::Discovery,
-            audiences: vec![],
-            algorithms: vec![],
-            leeway_s: 0,
-            ca_pem: None,
-            jwks_refresh_s: 600,
-            roles_claim: "roles".into(),
-            groups_claim: "groups".into(),
-            scopes_claim: "scope".into(),
-            client_id_claim: "client_id".into(),
-            introspection: None,
-        };
+        let s = crate::auth::test_settings();
         Identity::from_claims(
             &s,
             "https://idp".into(),
