@@ -208,10 +208,9 @@ impl HeaderBuf {
         }
     }
 
-    /// Appends the value of header `name` (an index, see [`Span`]); a value that is not a
-    /// valid header value is refused with the index (never sent empty instead).
+    /// Appends the value of header `name` (an index, see [`Span`]); refused with the index
+    /// when the buffer outgrows a span's offsets.
     fn push(&mut self, name: usize, value: &str) -> Result<(), usize> {
-        HeaderValue::from_str(value).map_err(|_| name)?;
         self.buf.extend_from_slice(value.as_bytes());
         let end = u32::try_from(self.buf.len()).map_err(|_| name)?;
         let name = u16::try_from(name).map_err(|_| name)?;
@@ -219,12 +218,19 @@ impl HeaderBuf {
         Ok(())
     }
 
-    /// Copied into allocations of exactly their size: the cache keeps them for minutes.
-    fn finish(self) -> (Bytes, Box<[Span]>) {
-        (
-            Bytes::copy_from_slice(&self.buf),
-            self.spans.as_slice().into(),
-        )
+    /// Copied into allocations of exactly their size (the cache keeps them for minutes),
+    /// each value checked as a header value on the shared buffer, without a copy; a value
+    /// that is not one is refused with its header's index (never sent empty instead).
+    fn finish(self) -> Result<(Bytes, Box<[Span]>), usize> {
+        let values = Bytes::copy_from_slice(&self.buf);
+        let mut start = 0;
+        for s in &self.spans {
+            let end = s.end as usize;
+            HeaderValue::from_maybe_shared(values.slice(start..end))
+                .map_err(|_| s.name as usize)?;
+            start = end;
+        }
+        Ok((values, self.spans.as_slice().into()))
     }
 }
 
@@ -293,7 +299,7 @@ pub fn decide(
             continue;
         }
         // The renderer refuses empty and non-visible-ASCII values; the HeaderValue check
-        // in `push` is a second line, and it denies too (never an empty header instead).
+        // in `finish` is a second line, and it denies too (never an empty header instead).
         match f.template.render(&view) {
             Ok(v) => headers
                 .push(IDENTITY_HEADERS.len() + i, &v)
@@ -311,7 +317,7 @@ pub fn decide(
             Err(RenderError::Invalid) => return Err(invalid_value(&f.header)),
         }
     }
-    let (values, spans) = headers.finish();
+    let (values, spans) = headers.finish().map_err(invalid)?;
     Ok(Grant {
         subject: id.sub.as_deref().map(Box::from),
         client_id: id.client_id.as_deref().map(Box::from),
@@ -408,6 +414,17 @@ mod tests {
             );
         }
         assert_eq!(&*g.roles, ["auditor".to_string(), "reader".to_string()]);
+    }
+
+    /// The second line behind the renderer: a value that is no header value is refused
+    /// with its header's index, whatever comes before or after it.
+    #[test]
+    fn header_buffer_refuses_a_value_that_is_no_header_value() {
+        let mut b = HeaderBuf::with_capacity(3);
+        b.push(SUBJECT, "alice").unwrap();
+        b.push(ROLES, "a\r\nX-Auth-Roles: admin").unwrap();
+        b.push(ISSUER, "https://idp").unwrap();
+        assert_eq!(b.finish().err(), Some(ROLES));
     }
 
     #[test]
