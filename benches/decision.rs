@@ -135,7 +135,7 @@ fn bench(c: &mut Criterion) {
             .into_parts()
             .0
     };
-    let client_ip: std::net::IpAddr = [127, 0, 0, 1].into();
+    let client_ip: gatehouse::pipeline::Peer = std::net::IpAddr::from([127, 0, 0, 1]).into();
     g.bench_function("cached: pipeline::admit + forward_headers", |b| {
         let waker = futures::task::noop_waker();
         let mut cx = std::task::Context::from_waker(&waker);
@@ -159,8 +159,8 @@ fn bench(c: &mut Criterion) {
                     &head.uri,
                     &r,
                     &o,
-                    &a.request_id,
-                    client_ip,
+                    http::HeaderValue::from_str(&a.request_id).unwrap(),
+                    &client_ip,
                     &f.live.rt.server.trusted_proxies,
                 );
             },

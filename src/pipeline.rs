@@ -64,14 +64,13 @@ pub fn route_request(rt: &Runtime, head: &mut http::request::Parts) -> Result<Ar
             "the request target must be a path starting with '/'",
         ));
     }
-    let path = route::normalize_path(head.uri.path())
-        .map_err(Problem::bad_path)?
-        .into_owned();
-    if path != head.uri.path() {
+    let normalized = route::normalize_path(head.uri.path()).map_err(Problem::bad_path)?;
+    // Borrowed: the path was already normal (the usual case), nothing to rebuild.
+    if let std::borrow::Cow::Owned(path) = normalized {
         // Route and forward the same path: `/%61dmin` goes on as `/admin`.
         let pq = match head.uri.query() {
             Some(q) => format!("{path}?{q}"),
-            None => path.clone(),
+            None => path,
         };
         let mut parts = head.uri.clone().into_parts();
         let rebuilt = pq.parse().ok().and_then(|p| {
@@ -81,9 +80,14 @@ pub fn route_request(rt: &Runtime, head: &mut http::request::Parts) -> Result<Ar
         head.uri = rebuilt.ok_or_else(|| Problem::bad_path("the path cannot be normalised"))?;
     }
     let host = host_of(head)?;
-    route::find(&rt.routes, host.as_deref(), &path, head.method.as_str())
-        .cloned()
-        .ok_or_else(Problem::not_found)
+    route::find(
+        &rt.routes,
+        host.as_deref(),
+        head.uri.path(),
+        head.method.as_str(),
+    )
+    .cloned()
+    .ok_or_else(Problem::not_found)
 }
 
 /// The request's host for routing: the Host header, or the URI authority (h2
@@ -91,14 +95,23 @@ pub fn route_request(rt: &Runtime, head: &mut http::request::Parts) -> Result<Ar
 /// HTTP/1.1 without either, several Host lines, a Host that disagrees with the authority,
 /// or a value that is not a valid `host[:port]` is a 400.
 fn host_of(head: &http::request::Parts) -> Result<Option<String>, Problem> {
-    let hosts: Vec<&[u8]> = head
-        .headers
-        .get_all(HOST)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
+    // No Vec: one Host line, or the first two (two already make the 400).
+    let mut lines = head.headers.get_all(HOST).iter().map(|v| v.as_bytes());
+    let two: [&[u8]; 2];
+    let one: [&[u8]; 1];
+    let hosts: &[&[u8]] = match (lines.next(), lines.next()) {
+        (None, _) => &[],
+        (Some(a), None) => {
+            one = [a];
+            &one
+        }
+        (Some(a), Some(b)) => {
+            two = [a, b];
+            &two
+        }
+    };
     route::request_host(
-        &hosts,
+        hosts,
         head.uri.authority().map(|a| a.as_str()),
         head.version == http::Version::HTTP_11,
     )
@@ -171,8 +184,8 @@ pub fn forward_headers(
     uri: &http::Uri,
     route: &Route,
     outcome: &Outcome,
-    request_id: &str,
-    peer: IpAddr,
+    request_id: HeaderValue,
+    peer: &Peer,
     trusted: &[ipnet::IpNet],
 ) -> IpAddr {
     if !route.forward_token {
@@ -186,9 +199,7 @@ pub fn forward_headers(
     let (chain, client) = forwarded_for(headers, peer, trusted);
     headers.insert(header::X_FORWARDED_FOR, chain);
     headers.insert(header::X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert(header::X_REQUEST_ID, v);
-    }
+    headers.insert(header::X_REQUEST_ID, request_id);
     if !headers.contains_key(HOST) {
         if let Some(v) = uri
             .authority()
@@ -200,6 +211,21 @@ pub fn forward_headers(
     client
 }
 
+/// The address a connection came from, with its `X-Forwarded-For` text made once (per
+/// connection, not per request).
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub ip: IpAddr,
+    value: HeaderValue,
+}
+
+impl From<IpAddr> for Peer {
+    fn from(ip: IpAddr) -> Self {
+        let value = HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid value");
+        Peer { ip, value }
+    }
+}
+
 /// The `X-Forwarded-For` to send and the client's address. From a peer in `trusted`
 /// (a load balancer), the received chain is kept and the peer appended, and the client is
 /// the right-most address of the chain not in `trusted`; from any other peer the chain is
@@ -208,10 +234,10 @@ pub fn forward_headers(
 /// past a trusted hop).
 pub fn forwarded_for(
     headers: &HeaderMap,
-    peer: IpAddr,
+    peer: &Peer,
     trusted: &[ipnet::IpNet],
 ) -> (HeaderValue, IpAddr) {
-    let own = || HeaderValue::from_str(&peer.to_string()).expect("an IP address is a valid value");
+    let (own, peer) = (|| peer.value.clone(), peer.ip);
     if !trusted.iter().any(|n| n.contains(&peer)) {
         return (own(), peer);
     }
@@ -267,15 +293,20 @@ mod tests {
     #[test]
     fn forwarded_for_is_replaced_unless_the_peer_is_trusted() {
         let lb: IpAddr = "10.0.0.5".parse().unwrap();
+        let peer = |s: &str| Peer::from(s.parse::<IpAddr>().unwrap());
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         // An untrusted peer: its chain is a lie, replaced by the peer.
-        let (v, c) = forwarded_for(&xff(&["1.2.3.4"]), "192.0.2.9".parse().unwrap(), &trusted);
+        let (v, c) = forwarded_for(&xff(&["1.2.3.4"]), &peer("192.0.2.9"), &trusted);
         assert_eq!(
             (v.to_str().unwrap(), c.to_string().as_str()),
             ("192.0.2.9", "192.0.2.9")
         );
         // A trusted load balancer: appended; the client is the right-most untrusted hop.
-        let (v, c) = forwarded_for(&xff(&["6.6.6.6, 198.51.100.7", "10.1.1.1"]), lb, &trusted);
+        let (v, c) = forwarded_for(
+            &xff(&["6.6.6.6, 198.51.100.7", "10.1.1.1"]),
+            &lb.into(),
+            &trusted,
+        );
         assert_eq!(v, "6.6.6.6, 198.51.100.7, 10.1.1.1, 10.0.0.5");
         assert_eq!(
             c.to_string(),
@@ -283,12 +314,12 @@ mod tests {
             "a spoofed left part names no one"
         );
         // Nothing received: the peer alone; every hop trusted: the left-most.
-        let (v, c) = forwarded_for(&HeaderMap::new(), lb, &trusted);
+        let (v, c) = forwarded_for(&HeaderMap::new(), &lb.into(), &trusted);
         assert_eq!((v.to_str().unwrap(), c), ("10.0.0.5", lb));
-        let (_, c) = forwarded_for(&xff(&["10.9.9.9"]), lb, &trusted);
+        let (_, c) = forwarded_for(&xff(&["10.9.9.9"]), &lb.into(), &trusted);
         assert_eq!(c.to_string(), "10.9.9.9");
         // Garbage ends the walk at the hop to its right.
-        let (_, c) = forwarded_for(&xff(&["203.0.113.1, evil, 10.2.2.2"]), lb, &trusted);
+        let (_, c) = forwarded_for(&xff(&["203.0.113.1, evil, 10.2.2.2"]), &lb.into(), &trusted);
         assert_eq!(c.to_string(), "10.2.2.2");
     }
 

@@ -3,12 +3,13 @@
 //! Data flow:
 //!
 //! ```text
-//! request task: AuditLog::write(rec)
-//!   cut the query string, serialize to one line (on the caller's thread, so the single
-//!   writer is not the bottleneck), tag it with the record's UTC day
+//! request task: AuditLog::write(rec) / write_now(rec)
+//!   the record, boxed (its pseudonym made, or taken from the cached grant)
 //!     │  bounded mpsc channel (8192): a full channel makes the request wait, never drops
 //!     ▼
 //! writer task, on gatehouse's own io runtime (not the request runtime)
+//!   cut the query string, serialize to one line, tag it with the record's UTC day
+//!   (off the request threads: serialising showed in request profiles)
 //!   pending: VecDeque<Line>, the only place an unwritten line lives (≤ 100k lines)
 //!     │  consecutive lines of one day, ≤ 64 KiB per write(2)
 //!     ▼
@@ -60,6 +61,8 @@ const MAX_PENDING: usize = 100_000;
 const DRAIN_MAX: usize = 4096;
 /// How long the writer lets lines gather before a write (at most this late on disk).
 const COALESCE: Duration = Duration::from_millis(5);
+/// Room for one serialized line (most are 250 to 400 bytes).
+const LINE_CAPACITY: usize = 512;
 /// Upper bound of one write(2).
 const BATCH_BYTES: usize = 64 * 1024;
 /// Retry (and day-change check) period.
@@ -117,7 +120,43 @@ impl AuditRecord {
 
 /// Now, as the audit log's `ts`: RFC 3339, UTC, milliseconds, `Z`.
 pub fn now_ts() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+    ts_of(Utc::now())
+}
+
+/// `t` as the audit log's `ts`. The `YYYY-MM-DDTHH:MM:SS` part is formatted once per
+/// second per thread (chrono's formatter showed in request profiles); the milliseconds
+/// are appended.
+fn ts_of(t: DateTime<Utc>) -> String {
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let ms = t.timestamp_subsec_millis();
+    if ms > 999 {
+        // A leap second: rare enough for the slow path.
+        return t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    }
+    SECOND.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let secs = t.timestamp();
+        if cell.0 != secs {
+            cell.1.clear();
+            use std::fmt::Write as _;
+            let _ = write!(cell.1, "{}", t.format("%Y-%m-%dT%H:%M:%S"));
+            cell.0 = secs;
+        }
+        let mut out = String::with_capacity(cell.1.len() + 5);
+        out.push_str(&cell.1);
+        let digits = [
+            b'.',
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+            b'Z',
+        ];
+        out.push_str(std::str::from_utf8(&digits).expect("ASCII"));
+        out
+    })
 }
 
 /// The path without its query string (query strings may carry tokens).
@@ -130,7 +169,16 @@ pub fn strip_query(path: &str) -> &str {
 pub struct Pseudonymizer {
     /// The keyed HMAC state, cloned per call so the key is hashed once, not per request.
     mac: Hmac<Sha256>,
+    /// Tells this key from the others of the process (see [`Pseudonymizer::subject_cached`]).
+    id: u64,
 }
+
+/// A caller's pseudonym remembered where the caller is cached (a decision's grant), with
+/// the [`Pseudonymizer`] key it was made under: `(key id, HMAC)`.
+pub type PseudonymSlot = std::sync::OnceLock<(u64, [u8; 32])>;
+
+/// Ids of pseudonymizer keys, never reused in a process.
+static NEXT_KEY_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Pseudonymizer {
     /// `None`: a random 32-byte key for this process (pseudonyms then change on restart;
@@ -145,16 +193,33 @@ impl Pseudonymizer {
             }
         };
         let mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
-        Pseudonymizer { mac }
+        let id = NEXT_KEY_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Pseudonymizer { mac, id }
     }
 
     /// Lower-case hex HMAC-SHA256 over `iss` + "\n" + `sub`.
     pub fn subject(&self, iss: &str, sub: &str) -> String {
+        hex_lower(&self.digest(iss, sub))
+    }
+
+    /// [`Pseudonymizer::subject`], remembered in `slot` (a cached grant's): a caller
+    /// seen again costs no HMAC. A slot filled under another key (the key was rotated
+    /// since) is not used; the pseudonym is then made afresh every time.
+    pub fn subject_cached(&self, slot: &PseudonymSlot, iss: &str, sub: &str) -> String {
+        let (id, digest) = slot.get_or_init(|| (self.id, self.digest(iss, sub)));
+        if *id == self.id {
+            hex_lower(digest)
+        } else {
+            self.subject(iss, sub)
+        }
+    }
+
+    fn digest(&self, iss: &str, sub: &str) -> [u8; 32] {
         let mut mac = self.mac.clone();
         mac.update(iss.as_bytes());
         mac.update(b"\n");
         mac.update(sub.as_bytes());
-        hex_lower(&mac.finalize().into_bytes())
+        mac.finalize().into_bytes().into()
     }
 }
 
@@ -190,7 +255,10 @@ impl Line {
         rec.path.truncate(cut);
         let day = utc_day(&rec.ts);
         // Strings, numbers, options and a Vec<String>: serde_json cannot fail on these.
-        let text = serde_json::to_string(&rec).expect("audit record serializes");
+        // A line is about 300 bytes: one allocation, not a few growing ones.
+        let mut text = Vec::with_capacity(LINE_CAPACITY);
+        serde_json::to_writer(&mut text, &rec).expect("audit record serializes");
+        let text = String::from_utf8(text).expect("serde_json writes UTF-8");
         Line { day, text }
     }
 }
@@ -198,6 +266,16 @@ impl Line {
 /// The UTC day of an RFC 3339 timestamp; today if it does not parse (the line is still
 /// written, just possibly in a neighbouring day's file).
 fn utc_day(ts: &str) -> NaiveDate {
+    // The usual case, `YYYY-MM-DDT...Z` as `now_ts` writes it, without a full parse.
+    let b = ts.as_bytes();
+    if b.len() >= 20 && b[b.len() - 1] == b'Z' && b[4] == b'-' && b[7] == b'-' && b[10] == b'T' {
+        let num = |r: std::ops::Range<usize>| ts.get(r).and_then(|d| d.parse::<u32>().ok());
+        if let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) {
+            if let Some(day) = NaiveDate::from_ymd_opt(y as i32, m, d) {
+                return day;
+            }
+        }
+    }
     DateTime::parse_from_rfc3339(ts)
         .map(|t| t.with_timezone(&Utc).date_naive())
         .unwrap_or_else(|_| Utc::now().date_naive())

@@ -348,3 +348,62 @@ fn hex_lower_matches_the_hex_crate() {
     assert_eq!(super::hex_lower(&all), hex::encode(&all));
     assert_eq!(super::hex_lower(&[]), "");
 }
+
+#[test]
+fn a_cached_pseudonym_is_the_same_and_follows_key_rotation() {
+    let old = Pseudonymizer::new(Some(b"key-one"));
+    let slot = super::PseudonymSlot::new();
+    let first = old.subject_cached(&slot, "https://idp", "alice");
+    assert_eq!(first, old.subject("https://idp", "alice"));
+    assert!(slot.get().is_some(), "the HMAC is remembered");
+    assert_eq!(old.subject_cached(&slot, "https://idp", "alice"), first);
+    // After a rotation the slot (filled under the old key) is not used.
+    let new = Pseudonymizer::new(Some(b"key-two"));
+    let rotated = new.subject_cached(&slot, "https://idp", "alice");
+    assert_eq!(rotated, new.subject("https://idp", "alice"));
+    assert_ne!(rotated, first);
+}
+
+#[test]
+fn timestamps_match_chrono_across_seconds() {
+    use chrono::{SecondsFormat, TimeZone, Utc};
+    let base = Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 58).unwrap();
+    for ms in [
+        0i64, 1, 9, 10, 99, 100, 999, 1000, 1001, 1999, 2000, 86_400_123,
+    ] {
+        let t = base + chrono::Duration::milliseconds(ms);
+        assert_eq!(
+            super::ts_of(t),
+            t.to_rfc3339_opts(SecondsFormat::Millis, true),
+            "{ms} ms after {base}"
+        );
+    }
+    // Back to an earlier second on the same thread (the cached second is replaced).
+    assert_eq!(super::ts_of(base), "2026-12-31T23:59:58.000Z");
+}
+
+#[test]
+fn the_day_of_a_line_is_its_utc_day() {
+    let day = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).unwrap();
+    assert_eq!(super::utc_day("2024-05-01T23:59:59.999Z"), day(2024, 5, 1));
+    assert_eq!(super::utc_day("2024-02-29T00:00:00Z"), day(2024, 2, 29));
+    // Offsets count: these are other UTC days.
+    assert_eq!(
+        super::utc_day("2024-05-01T23:30:00.000-01:00"),
+        day(2024, 5, 2)
+    );
+    assert_eq!(
+        super::utc_day("2024-05-01T00:30:00+02:00"),
+        day(2024, 4, 30)
+    );
+    // Not a date: today.
+    let today = Utc::now().date_naive();
+    for bad in [
+        "2024-13-01T00:00:00.000Z",
+        "2023-02-29T00:00:00.000Z",
+        "garbage",
+        "",
+    ] {
+        assert!(super::utc_day(bad) >= today, "{bad}");
+    }
+}

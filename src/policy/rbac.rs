@@ -121,6 +121,9 @@ pub struct Grant {
     spans: Box<[Span]>,
     /// Token expiry (Unix seconds), bounds the cache lifetime.
     pub exp: u64,
+    /// The subject's audit pseudonym, made by the first request this grant allows (an
+    /// HMAC per cached caller, not per request).
+    pub pseudonym: crate::audit::PseudonymSlot,
 }
 
 /// One header of a grant: its name (an index: [`IDENTITY_HEADERS`] first, then the
@@ -327,6 +330,7 @@ pub fn decide(
         values,
         spans,
         exp: id.exp,
+        pseudonym: Default::default(),
     })
 }
 

@@ -285,10 +285,13 @@ pub fn normalize_path(path: &str) -> Result<std::borrow::Cow<'_, str>, &'static 
             return Err("dot segments ('.', '..') are not accepted in paths");
         }
     }
-    let lower = norm.to_ascii_lowercase();
-    for enc in ["%2f", "%5c", "%00"] {
-        if lower.contains(enc) {
-            return Err("encoded '/', '\\' or NUL are not accepted in paths");
+    // (Only a path with a '%' left can hold one: no lower-cased copy of every path.)
+    if norm.contains('%') {
+        let lower = norm.to_ascii_lowercase();
+        for enc in ["%2f", "%5c", "%00"] {
+            if lower.contains(enc) {
+                return Err("encoded '/', '\\' or NUL are not accepted in paths");
+            }
         }
     }
     Ok(norm)

@@ -44,6 +44,8 @@ pub struct Finish {
     /// The routed (normalised) path, without the query string.
     path: String,
     pub request_id: String,
+    /// `request_id` as a header value, once made for the backend's request.
+    pub request_id_value: Option<HeaderValue>,
     route: Option<Arc<Route>>,
     outcome: Option<Outcome>,
     caller: Option<Arc<Caller>>,
@@ -83,6 +85,7 @@ impl Finish {
             method: head.method.clone(),
             path: String::new(),
             request_id: String::new(),
+            request_id_value: None,
             route: None,
             outcome: None,
             caller: None,
@@ -101,9 +104,9 @@ impl Finish {
         }
     }
 
-    /// Takes over what the pipeline decided.
-    pub fn admitted(&mut self, a: &Admission, head: &http::request::Parts) {
-        self.request_id = a.request_id.clone();
+    /// Takes over what the pipeline decided (the request id moves here).
+    pub fn admitted(&mut self, a: &mut Admission, head: &http::request::Parts) {
+        self.request_id = std::mem::take(&mut a.request_id);
         self.path = head.uri.path().to_string();
         self.route = a.route.clone();
         self.outcome = a.outcome.clone();
@@ -185,13 +188,17 @@ impl Finish {
         self.upstream_status = Some(status);
     }
 
-    fn audit_record(&self, route: &Route) -> AuditRecord {
+    /// The request's audit record; the last use of the request id and path, which move
+    /// into it.
+    fn audit_record(&mut self, route: &Route) -> AuditRecord {
         let mut rec = AuditRecord::new(
-            self.request_id.clone(),
+            std::mem::take(&mut self.request_id),
             route.name.clone(),
-            self.method.as_str().to_string(),
-            &self.path,
+            self.method.as_str(),
+            "",
         );
+        // The routed path, which never holds the query string.
+        rec.path = std::mem::take(&mut self.path);
         rec.status = self.status;
         rec.duration_ms = self.start.elapsed().as_millis() as u64;
         let p = self.shared.audit.pseudonymizer();
@@ -199,7 +206,10 @@ impl Finish {
         match &self.outcome {
             Some(Outcome::Allow(g)) => {
                 rec.decision = Decision::Allow;
-                rec.subject = who(&g.iss, g.subject.as_deref());
+                rec.subject = g
+                    .subject
+                    .as_deref()
+                    .map(|s| p.subject_cached(&g.pseudonym, &g.iss, s));
                 rec.client_id = g.client_id.as_deref().map(String::from);
                 rec.roles = g.roles.clone();
                 rec.upstream = Some(route.upstream.clone());
@@ -269,8 +279,8 @@ impl Drop for Finish {
                 status: self.status,
             });
         }
-        if let Some(r) = &self.route {
-            let rec = self.audit_record(r);
+        if let Some(r) = self.route.clone() {
+            let rec = self.audit_record(&r);
             self.shared.audit.write_now(rec);
         }
     }

@@ -38,6 +38,8 @@ pub mod proxy_protocol;
 /// One accepted connection, as the request path sees it.
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as `X-Forwarded-For` gives it (rendered once per connection).
+    pub forwarded: crate::pipeline::Peer,
     /// Negotiated h2 by ALPN.
     pub h2: bool,
     pub activity: Activity,
@@ -430,6 +432,7 @@ async fn connection(
     let _open = OpenConnection(&shared);
     let info = Arc::new(ConnInfo {
         peer,
+        forwarded: peer.ip().into(),
         h2,
         activity: Activity::new(),
         hsts: super::hsts(&shared.live.load()),

@@ -34,13 +34,19 @@ pub fn new_request_id() -> String {
 /// CGI-style servers (WSGI, PHP, Rack) map `X_Auth_Roles` and `X-Auth-Roles` to the same
 /// variable.
 pub fn is_stripped(name: &str, owned: &[HeaderName]) -> bool {
+    is_stripped_with(name, owned, owned.iter().any(|o| o.as_str().contains('_')))
+}
+
+/// [`is_stripped`], told whether any `owned` name has a `_` (once per request, not per
+/// header).
+fn is_stripped_with(name: &str, owned: &[HeaderName], owned_underscore: bool) -> bool {
     let exact = |n: &str| owned.iter().any(|o| o.as_str() == n) || ALWAYS_STRIPPED.contains(&n);
     if exact(name) {
         return true;
     }
     // Only a name with `_`, or a config that names a header with `_`, can be another
     // spelling: skip the allocation for every ordinary header.
-    if !name.contains('_') && !owned.iter().any(|o| o.as_str().contains('_')) {
+    if !owned_underscore && !name.contains('_') {
         return false;
     }
     let dashed = name.replace('_', "-");
@@ -55,9 +61,10 @@ pub fn is_stripped(name: &str, owned: &[HeaderName]) -> bool {
 
 /// Removes from the request every header [`is_stripped`] names, every copy.
 pub fn strip(headers: &mut HeaderMap, owned: &[HeaderName]) {
+    let owned_underscore = owned.iter().any(|o| o.as_str().contains('_'));
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| is_stripped(n.as_str(), owned))
+        .filter(|n| is_stripped_with(n.as_str(), owned, owned_underscore))
         .cloned()
         .collect();
     for h in doomed {
@@ -67,18 +74,27 @@ pub fn strip(headers: &mut HeaderMap, owned: &[HeaderName]) {
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) and the ones a `Connection` header names:
 /// they describe one connection and are never relayed to the next hop.
+///
+/// One pass over the names present (a handful), not a removal per listed name: each
+/// `HeaderMap::remove` hashes its name, and this runs twice per request.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            doomed.push(name.clone());
+        }
     }
-    for n in HOP_BY_HOP {
+    if doomed.is_empty() {
+        return;
+    }
+    for v in headers.get_all(http::header::CONNECTION) {
+        let Ok(v) = v.to_str() else { continue };
+        doomed.extend(
+            v.split(',')
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+        );
+    }
+    for n in doomed {
         headers.remove(n);
     }
 }
@@ -155,6 +171,33 @@ mod tests {
         ] {
             assert!(!is_stripped(n, &owned), "{n}");
         }
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "close, X-Hop"),
+            ("connection", "x-other"),
+            ("x-hop", "1"),
+            ("x-other", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+            ("x-end-to-end", "1"),
+        ] {
+            h.append(HeaderName::from_static(k), v.parse().unwrap());
+        }
+        remove_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, vec!["accept", "x-end-to-end"]);
+        // Without a Connection header only the listed names go.
+        let mut h = HeaderMap::new();
+        h.append("upgrade", "h2c".parse().unwrap());
+        h.append("x-hop", "1".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-hop"]);
     }
 
     #[test]

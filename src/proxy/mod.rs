@@ -129,12 +129,14 @@ pub async fn handle(
     fin.span.record("request_id", request_id.as_str());
     // Log lines the decision causes (token checks, JWKS fetches) carry the request's id
     // and route.
-    let admit = pipeline::admit_with_id(&live, &mut head, request_id).instrument(fin.span.clone());
-    let adm = match &fin.trace {
-        Some(t) => t.scope(admit).await,
-        None => admit.await,
+    // (With the default log filter the span is disabled: no wrapper is polled then.)
+    let admit = pipeline::admit_with_id(&live, &mut head, request_id);
+    let mut adm = match (&fin.trace, fin.span.is_disabled()) {
+        (Some(t), _) => t.scope(admit.instrument(fin.span.clone())).await,
+        (None, false) => admit.instrument(fin.span.clone()).await,
+        (None, true) => admit.await,
     };
-    fin.admitted(&adm, &head);
+    fin.admitted(&mut adm, &head);
     if let (Some(route), Some(outcome)) = (&adm.route, &adm.outcome) {
         match outcome {
             Outcome::Deny(e) => metrics::AUTH_DECISIONS_TOTAL
@@ -163,31 +165,35 @@ pub async fn handle(
         return Ok(fin.respond(&Problem::internal("the route names no known upstream")));
     };
     headers::remove_hop_by_hop(&mut head.headers);
+    // Made once: the backend's request and the client's response both carry it.
+    let request_id = HeaderValue::from_str(&fin.request_id)
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     fin.client = pipeline::forward_headers(
         &mut head.headers,
         &head.uri,
         &route,
         &outcome,
-        &adm.request_id,
-        conn.peer.ip(),
+        request_id.clone(),
+        &conn.forwarded,
         &live.rt.server.trusted_proxies,
     );
     let pq = head
         .uri
         .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".to_string());
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let read_timeout = up.upstream.read_timeout;
     // A request without a body can be sent again to another address when the first
     // refuses the connection; one with a body cannot (it is streamed, not buffered).
     let replayable = body.is_end_stream() && up.upstream.addrs.len() > 1;
     let mut body = Some(body);
+    fin.request_id_value = Some(request_id);
     fin.upstream_started(up.clone());
     let mut tries = 0;
     loop {
         tries += 1;
         let idx = up.pick();
-        let uri = match up.uri(idx, &pq) {
+        let uri = match up.uri(idx, pq.clone()) {
             Ok(u) => u,
             Err(_) => return Ok(fin.respond(&Problem::bad_path("the path cannot be forwarded"))),
         };
@@ -284,8 +290,15 @@ fn relay(
     if let Some(v) = hsts(&fin.live) {
         parts.headers.insert("strict-transport-security", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&fin.request_id) {
-        parts.headers.insert(header::X_REQUEST_ID, v);
+    match fin.request_id_value.take() {
+        Some(v) => {
+            parts.headers.insert(header::X_REQUEST_ID, v);
+        }
+        None => {
+            if let Ok(v) = HeaderValue::from_str(&fin.request_id) {
+                parts.headers.insert(header::X_REQUEST_ID, v);
+            }
+        }
     }
     if shared.draining.load(Ordering::Acquire) && !conn.h2 {
         parts
@@ -402,6 +415,15 @@ mod tests {
             );
         }
         h
+    }
+
+    fn future_size<A, B, C, F: std::future::Future>(_: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn request_future_size() {
+        eprintln!("handle future: {} bytes", future_size(handle));
     }
 
     #[test]

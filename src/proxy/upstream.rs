@@ -38,8 +38,8 @@ pub struct UpstreamClient {
     pub upstream: Arc<Upstream>,
     pub metrics: crate::admin::metrics::UpstreamMetrics,
     client: Https,
-    /// `https://ADDR` per address, in `upstream.addrs` order.
-    bases: Vec<String>,
+    /// The authority (`ADDR`) per address, in `upstream.addrs` order; the scheme is https.
+    bases: Vec<http::uri::Authority>,
 }
 
 /// Every upstream's client, by name.
@@ -75,7 +75,14 @@ impl UpstreamClient {
             .retry_canceled_requests(false)
             .http1_preserve_header_case(false)
             .build(https);
-        let bases = up.addrs.iter().map(|a| format!("https://{a}")).collect();
+        let bases = up
+            .addrs
+            .iter()
+            .map(|a| {
+                http::uri::Authority::try_from(a.to_string())
+                    .expect("a socket address is an authority")
+            })
+            .collect();
         UpstreamClient {
             metrics: crate::admin::metrics::UpstreamMetrics::new(&up.name),
             upstream: up,
@@ -109,12 +116,17 @@ impl UpstreamClient {
         self.upstream.addrs[idx]
     }
 
-    /// The URI for `path_and_query` at address `idx`.
-    pub fn uri(&self, idx: usize, path_and_query: &str) -> Result<http::Uri, http::Error> {
-        Ok(http::Uri::try_from(format!(
-            "{}{}",
-            self.bases[idx], path_and_query
-        ))?)
+    /// The URI for `path_and_query` at address `idx` (from parts: nothing is parsed again).
+    pub fn uri(
+        &self,
+        idx: usize,
+        path_and_query: http::uri::PathAndQuery,
+    ) -> Result<http::Uri, http::Error> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTPS);
+        parts.authority = Some(self.bases[idx].clone());
+        parts.path_and_query = Some(path_and_query);
+        Ok(http::Uri::from_parts(parts)?)
     }
 
     /// Sends one request; the future resolves with the response head. More than
