@@ -92,7 +92,10 @@ impl Live {
         if let Some(e) = self.refused.get(&key) {
             return (Outcome::Deny(e), None);
         }
-        let id = match self.auth.verify(token, route.issuers.as_deref()).await {
+        // Boxed: the verification's future (JWKS fetch, introspection) is kilobytes, and
+        // inline it would make every request's future that large, cache hits included.
+        let verify = Box::pin(self.auth.verify(token, route.issuers.as_deref()));
+        let id = match verify.await {
             Ok(id) => id,
             Err(e) => {
                 self.refused.remember(key, &e);

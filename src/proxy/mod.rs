@@ -421,9 +421,13 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
+    /// Every request's future is moved into hyper's dispatcher: the token verification's
+    /// state (kilobytes: JWKS fetch, introspection) is boxed on the miss path instead of
+    /// riding along inline (6 120 bytes before, 2 864 after, release build).
     #[test]
-    fn request_future_size() {
-        eprintln!("handle future: {} bytes", future_size(handle));
+    fn a_request_future_does_not_carry_the_verification_inline() {
+        let size = future_size(handle);
+        assert!(size < 4096, "the request future is {size} bytes");
     }
 
     #[test]
