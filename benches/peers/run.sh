@@ -4,7 +4,7 @@
 # worker thread each, by nginx, HAProxy, Envoy, gatehouse and two bare engines.
 # See benches/peers/README.md.
 #
-#   benches/peers/run.sh                                   # the full run (about 20 minutes)
+#   benches/peers/run.sh                                   # the full run (about 25 minutes)
 #   DURATION=2 ROUNDS=1 VARIANTS="nginx-pass gatehouse" MODES="warm deny" benches/peers/run.sh
 #   CHECK_ONLY=1 benches/peers/run.sh                      # start each variant, check it, stop
 #
@@ -314,7 +314,7 @@ CSV="$W/results.csv"
 python3 "$HERE/report.py" header >"$CSV"
 cells=0
 for v in $VARIANTS; do for m in $(modes_of "$v"); do cells=$((cells + 1)); done; done
-say "commit $COMMIT; $ROUNDS round(s) x $cells cells x ${DURATION}s (about $(((ROUNDS * cells * (DURATION + 2) + 59) / 60)) min)"
+say "commit $COMMIT; $ROUNDS round(s) x $cells cells x ${DURATION}s (about $(((ROUNDS * cells * (DURATION + 4) + 59) / 60)) min)"
 
 rss_kb() { python3 "$HERE/report.py" rss "${1:-0}"; }
 measure() { # VARIANT MODE ROUND
@@ -337,17 +337,23 @@ measure() { # VARIANT MODE ROUND
   tail -n 1 "$CSV" | awk -F, '{ printf "  %-13s %-5s %9s req/s  p50 %6s ms  p99 %7s ms  non-2xx %s  errors %s\n", $3, $4, $5, $6, $7, $8, $9 }' >&2
 }
 
+# Mode-major: within a round, every variant takes one load back to back (a fresh process
+# per cell) before the next load starts, so the cells a ratio compares are a minute apart,
+# not a whole round: this machine's speed drifts by tens of percent over minutes.
 for r in $(seq "$ROUNDS"); do
   order=$VARIANTS
   [ $((r % 2)) = 0 ] && order=$(echo "$VARIANTS" | tr ' ' '\n' | tac | tr '\n' ' ')
   say "round $r/$ROUNDS: $order"
-  for v in $order; do
-    start "$v"
-    # one short unmeasured load: handshakes done, upstream pools filled
-    bounded wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H "Authorization: Bearer $TOK" \
-      "https://127.0.0.1:$PORT$URL_PATH" >/dev/null 2>&1 || true
-    for m in $(modes_of "$v"); do measure "$v" "$m" "$r"; done
-    stop
+  for m in $MODES; do
+    for v in $order; do
+      has "$(modes_of "$v")" "$m" || continue
+      start "$v"
+      # one short unmeasured load: handshakes done, upstream pools filled
+      bounded wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H "Authorization: Bearer $TOK" \
+        "https://127.0.0.1:$PORT$URL_PATH" >/dev/null 2>&1 || true
+      measure "$v" "$m" "$r"
+      stop
+    done
   done
 done
 

@@ -53,6 +53,8 @@ use crate::admin::metrics::AUDIT_WRITE_ERRORS;
 use crate::config::{AuditPath, AuditSettings};
 pub use crate::names::Decision;
 
+mod line;
+
 /// Records in flight between requests and the writer.
 const CHANNEL_CAPACITY: usize = 8192;
 /// Lines the writer keeps while the sink is failing; beyond this, requests wait.
@@ -254,11 +256,10 @@ impl Line {
         let cut = strip_query(&rec.path).len();
         rec.path.truncate(cut);
         let day = utc_day(&rec.ts);
-        // Strings, numbers, options and a Vec<String>: serde_json cannot fail on these.
         // A line is about 300 bytes: one allocation, not a few growing ones.
         let mut text = Vec::with_capacity(LINE_CAPACITY);
-        serde_json::to_writer(&mut text, &rec).expect("audit record serializes");
-        let text = String::from_utf8(text).expect("serde_json writes UTF-8");
+        line::write(&mut text, &rec);
+        let text = String::from_utf8(text).expect("escaped JSON of UTF-8 strings is UTF-8");
         Line { day, text }
     }
 }
