@@ -43,7 +43,8 @@ fn bench(c: &mut Criterion) {
                         rec.decision = gatehouse::names::Decision::Allow;
                         rec.subject = Some(
                             log.pseudonymizer()
-                                .subject("https://idp.example/tenant", "alice"),
+                                .subject("https://idp.example/tenant", "alice")
+                                .into(),
                         );
                         rec.roles = vec!["data-steward".into()].into();
                         rec.status = 200;

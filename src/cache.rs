@@ -58,10 +58,10 @@ impl DecisionCache {
     }
 
     /// The cache key of a token on a route.
-    pub fn key(route_index: usize, token: &str) -> [u8; 32] {
+    pub fn key(route_index: usize, token: impl AsRef<[u8]>) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update((route_index as u64).to_be_bytes());
-        h.update(token.as_bytes());
+        h.update(token.as_ref());
         h.finalize().into()
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::auth::{bearer_token, AuthError, Authenticator};
+use crate::auth::{bearer_bytes, token68, AuthError, Authenticator};
 use crate::cache::{DecisionCache, NegativeCache, NEGATIVE_ENTRIES, NEGATIVE_TTL};
 use crate::config::Runtime;
 use crate::policy::rbac::{self, Caller, Grant};
@@ -78,11 +78,13 @@ impl Live {
         if route.auth == AuthMode::None {
             return (Outcome::Public, None);
         }
-        let token = match bearer_token(authorization) {
+        let raw = match bearer_bytes(authorization) {
             Ok(t) => t,
             Err(e) => return (Outcome::Deny(e), None),
         };
-        let key = DecisionCache::key(route.index, token);
+        // Looked up before the token's characters are checked: only a token that passed
+        // that check is ever cached, and equal bytes pass it again.
+        let key = DecisionCache::key(route.index, raw);
         if let Some(hit) = self.cache.get(&key) {
             return match hit.decision {
                 Ok(g) => (Outcome::Allow(g), None),
@@ -92,6 +94,10 @@ impl Live {
         if let Some(e) = self.refused.get(&key) {
             return (Outcome::Deny(e), None);
         }
+        let token = match token68(raw) {
+            Ok(t) => t,
+            Err(e) => return (Outcome::Deny(e), None),
+        };
         // Boxed: the verification's future (JWKS fetch, introspection) is kilobytes, and
         // inline it would make every request's future that large, cache hits included.
         let verify = Box::pin(self.auth.verify(token, route.issuers.as_deref()));

@@ -275,7 +275,7 @@ fn synthetic_identity(rt: &Runtime, route: &Route, role: Option<&str>) -> Option
 pub fn cell(rt: &Runtime, route: &Route, role: Option<&str>, access: Access) -> Entry {
     let mut e = Entry {
         role: role.unwrap_or(AUTHENTICATED).to_string(),
-        route: route.name.clone(),
+        route: route.name.to_string(),
         access,
         decision: Decision::NotApplicable,
         conditions: Vec::new(),
@@ -440,8 +440,8 @@ fn findings(rt: &Runtime, roles: &[String]) -> Vec<Finding> {
                 .count();
             let mut by: Vec<String> = Vec::new();
             for (_, e) in &shadowed {
-                if !by.contains(&e.name) {
-                    by.push(e.name.clone());
+                if !by.iter().any(|b| **b == *e.name) {
+                    by.push(e.name.to_string());
                 }
             }
             let ms: Vec<&str> = shadowed.iter().map(|(m, _)| *m).collect();

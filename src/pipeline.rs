@@ -150,7 +150,7 @@ pub async fn admit_with_id(
         }
     };
     a.route = Some(route.clone());
-    tracing::Span::current().record("route", route.name.as_str());
+    tracing::Span::current().record("route", &*route.name);
     headers::strip(&mut head.headers, &live.rt.owned_headers);
     let mut all = head.headers.get_all(AUTHORIZATION).iter();
     let authz = all.next().map(|v| v.as_bytes());

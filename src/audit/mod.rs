@@ -34,6 +34,7 @@
 //!
 //! Retention: [`retention_sweep`] runs at start and whenever the UTC day changes.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -76,8 +77,10 @@ pub struct AuditRecord {
     /// RFC 3339 UTC, millisecond precision (see [`now_ts`]); also picks the day file.
     pub ts: String,
     pub request_id: String,
-    pub route: String,
-    pub method: String,
+    /// Shared with the route: a record costs no copy of it.
+    pub route: Arc<str>,
+    /// A standard method is a static string; only an extension method is copied.
+    pub method: Cow<'static, str>,
     /// Never the query string: [`AuditRecord::new`] cuts it and `write` cuts it again.
     pub path: String,
     /// `allow`, `deny` or `public`.
@@ -85,11 +88,11 @@ pub struct AuditRecord {
     /// Deny reason label; `None` when allowed or public.
     pub reason: Option<&'static str>,
     /// [`Pseudonymizer::subject`]; `None` on public routes.
-    pub subject: Option<String>,
+    pub subject: Option<Arc<str>>,
     pub client_id: Option<String>,
     pub roles: Arc<[String]>,
     pub status: u16,
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<str>>,
     pub duration_ms: u64,
 }
 
@@ -98,8 +101,8 @@ impl AuditRecord {
     /// starts as a public request with no status yet, for the caller to fill in.
     pub fn new(
         request_id: impl Into<String>,
-        route: impl Into<String>,
-        method: impl Into<String>,
+        route: impl Into<Arc<str>>,
+        method: impl Into<Cow<'static, str>>,
         path_and_query: &str,
     ) -> Self {
         AuditRecord {
@@ -176,8 +179,9 @@ pub struct Pseudonymizer {
 }
 
 /// A caller's pseudonym remembered where the caller is cached (a decision's grant), with
-/// the [`Pseudonymizer`] key it was made under: `(key id, HMAC)`.
-pub type PseudonymSlot = std::sync::OnceLock<(u64, [u8; 32])>;
+/// the [`Pseudonymizer`] key it was made under: `(key id, lower-case hex of the HMAC)`.
+/// Every audit record of the caller shares the string.
+pub type PseudonymSlot = std::sync::OnceLock<(u64, Arc<str>)>;
 
 /// Ids of pseudonymizer keys, never reused in a process.
 static NEXT_KEY_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -207,12 +211,12 @@ impl Pseudonymizer {
     /// [`Pseudonymizer::subject`], remembered in `slot` (a cached grant's): a caller
     /// seen again costs no HMAC. A slot filled under another key (the key was rotated
     /// since) is not used; the pseudonym is then made afresh every time.
-    pub fn subject_cached(&self, slot: &PseudonymSlot, iss: &str, sub: &str) -> String {
-        let (id, digest) = slot.get_or_init(|| (self.id, self.digest(iss, sub)));
+    pub fn subject_cached(&self, slot: &PseudonymSlot, iss: &str, sub: &str) -> Arc<str> {
+        let (id, hex) = slot.get_or_init(|| (self.id, self.subject(iss, sub).into()));
         if *id == self.id {
-            hex_lower(digest)
+            hex.clone()
         } else {
-            self.subject(iss, sub)
+            self.subject(iss, sub).into()
         }
     }
 
@@ -247,7 +251,8 @@ pub(crate) fn hex_lower(bytes: &[u8]) -> String {
 /// One serialized record, without its newline, and the UTC day whose file it belongs to.
 struct Line {
     day: NaiveDate,
-    text: String,
+    /// UTF-8 JSON (escaped from `&str` fields); kept as bytes, which is all a file takes.
+    text: Vec<u8>,
 }
 
 impl Line {
@@ -259,7 +264,6 @@ impl Line {
         // A line is about 300 bytes: one allocation, not a few growing ones.
         let mut text = Vec::with_capacity(LINE_CAPACITY);
         line::write(&mut text, &rec);
-        let text = String::from_utf8(text).expect("escaped JSON of UTF-8 strings is UTF-8");
         Line { day, text }
     }
 }
@@ -737,7 +741,7 @@ impl Writer {
                 {
                     break;
                 }
-                self.buf.extend_from_slice(line.text.as_bytes());
+                self.buf.extend_from_slice(&line.text);
                 self.buf.push(b'\n');
                 lines += 1;
             }

@@ -218,7 +218,7 @@ impl std::error::Error for ConfigErrors {}
 
 impl Runtime {
     pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| r.name == name)
+        self.routes.iter().find(|r| &*r.name == name)
     }
 
     /// A one-screen summary for `gatehouse check`.

@@ -29,14 +29,15 @@ pub struct RowFilter {
 #[derive(Clone, Debug)]
 pub struct Route {
     pub index: usize,
-    pub name: String,
+    /// Shared (not copied) with every audit record of the route.
+    pub name: Arc<str>,
     /// Normalised by [`normalize_host`]: lower case, no trailing dot, no port.
     pub host: Option<String>,
     /// Normalised: starts with `/`, no trailing `/` except for the root.
     pub path_prefix: String,
     /// Upper-case method names; `None` = every method.
     pub methods: Option<Vec<String>>,
-    pub upstream: String,
+    pub upstream: Arc<str>,
     /// Issuer config names this route accepts; `None` = all.
     pub issuers: Option<Vec<String>>,
     pub allow_roles: Vec<String>,

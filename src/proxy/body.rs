@@ -115,10 +115,7 @@ impl Finish {
 
     /// The route's name for log lines (`_none` before routing).
     pub fn route_name(&self) -> &str {
-        self.route
-            .as_ref()
-            .map(|r| r.name.as_str())
-            .unwrap_or("_none")
+        self.route.as_ref().map(|r| &*r.name).unwrap_or("_none")
     }
 
     pub fn upstream_started(&mut self, up: Arc<UpstreamClient>) {
@@ -169,7 +166,7 @@ impl Finish {
             h.insert(http::header::LOCATION, l);
         }
         if let Some(v) = super::hsts(&self.live) {
-            h.insert("strict-transport-security", v);
+            h.insert(http::header::STRICT_TRANSPORT_SECURITY, v);
         }
         if self.shared.draining.load(Ordering::Acquire) && !self.conn.h2 {
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -190,19 +187,19 @@ impl Finish {
 
     /// The request's audit record; the last use of the request id and path, which move
     /// into it.
-    fn audit_record(&mut self, route: &Route) -> AuditRecord {
+    fn audit_record(&mut self, route: &Route, elapsed: Duration) -> AuditRecord {
         let mut rec = AuditRecord::new(
             std::mem::take(&mut self.request_id),
             route.name.clone(),
-            self.method.as_str(),
+            method_name(&self.method),
             "",
         );
         // The routed path, which never holds the query string.
         rec.path = std::mem::take(&mut self.path);
         rec.status = self.status;
-        rec.duration_ms = self.start.elapsed().as_millis() as u64;
+        rec.duration_ms = elapsed.as_millis() as u64;
         let p = self.shared.audit.pseudonymizer();
-        let who = |iss: &str, sub: Option<&str>| sub.map(|s| p.subject(iss, s));
+        let who = |iss: &str, sub: Option<&str>| sub.map(|s| p.subject(iss, s).into());
         match &self.outcome {
             Some(Outcome::Allow(g)) => {
                 rec.decision = Decision::Allow;
@@ -270,17 +267,15 @@ impl Drop for Finish {
                 request_id: &self.request_id,
                 path: &self.path,
                 method: self.method.as_str(),
-                route: route.map(|r| r.name.as_str()),
+                route: route.map(|r| &*r.name),
                 decision,
                 reason,
-                upstream: route
-                    .filter(|_| decision != "deny")
-                    .map(|r| r.upstream.as_str()),
+                upstream: route.filter(|_| decision != "deny").map(|r| &*r.upstream),
                 status: self.status,
             });
         }
         if let Some(r) = self.route.clone() {
-            let rec = self.audit_record(&r);
+            let rec = self.audit_record(&r, elapsed);
             self.shared.audit.write_now(rec);
         }
     }
@@ -380,4 +375,22 @@ impl Body for ProxyBody {
             ProxyBody::Relay(r) => r.inner.size_hint(),
         }
     }
+}
+
+/// The method as the audit record keeps it: the standard ones as static strings.
+fn method_name(m: &http::Method) -> std::borrow::Cow<'static, str> {
+    use http::Method;
+    let s = match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return m.as_str().to_owned().into(),
+    };
+    s.into()
 }

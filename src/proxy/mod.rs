@@ -140,16 +140,12 @@ pub async fn handle(
     if let (Some(route), Some(outcome)) = (&adm.route, &adm.outcome) {
         match outcome {
             Outcome::Deny(e) => metrics::AUTH_DECISIONS_TOTAL
-                .with_label_values(&[
-                    route.name.as_str(),
-                    Decision::Deny.as_str(),
-                    e.reason.as_str(),
-                ])
+                .with_label_values(&[&*route.name, Decision::Deny.as_str(), e.reason.as_str()])
                 .inc(),
             Outcome::Allow(_) => match live.route_metrics.get(route.index) {
                 Some(m) => m.allowed(),
                 None => metrics::AUTH_DECISIONS_TOTAL
-                    .with_label_values(&[route.name.as_str(), Decision::Allow.as_str(), ""])
+                    .with_label_values(&[&*route.name, Decision::Allow.as_str(), ""])
                     .inc(),
             },
             Outcome::Public => {}
@@ -161,7 +157,7 @@ pub async fn handle(
     let (Some(route), Some(outcome)) = (adm.route, adm.outcome) else {
         return Ok(fin.respond(&Problem::internal("admitted without a route")));
     };
-    let Some(up) = live.upstreams.get(&route.upstream).cloned() else {
+    let Some(up) = live.upstreams.get(&*route.upstream).cloned() else {
         return Ok(fin.respond(&Problem::internal("the route names no known upstream")));
     };
     headers::remove_hop_by_hop(&mut head.headers);
@@ -288,7 +284,9 @@ fn relay(
     }
     headers::remove_hop_by_hop(&mut parts.headers);
     if let Some(v) = hsts(&fin.live) {
-        parts.headers.insert("strict-transport-security", v);
+        parts
+            .headers
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, v);
     }
     match fin.request_id_value.take() {
         Some(v) => {

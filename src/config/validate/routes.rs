@@ -110,11 +110,11 @@ impl Validator<'_> {
         let (line, _) = self.line_col(rs.span().start);
         ok.then(|| Route {
             index: i,
-            name,
+            name: name.into(),
             host,
             path_prefix: normalize_prefix(r.path_prefix.get_ref()),
             methods,
-            upstream: r.upstream.get_ref().clone(),
+            upstream: r.upstream.get_ref().as_str().into(),
             issuers: route_issuers,
             allow_roles,
             require_scopes: r

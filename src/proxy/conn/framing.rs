@@ -179,6 +179,40 @@ enum Parsed {
 
 /// The head at the start of `buf`, as hyper reads it.
 fn parse_head(buf: &[u8]) -> Parsed {
+    if let Some(end) = plain_head(buf) {
+        return Parsed::Head(end, false, State::Head);
+    }
+    parse_head_fully(buf)
+}
+
+/// The usual head, complete in `buf`, whose lines start with neither `Content-Length`
+/// nor `Transfer-Encoding` (in any case): its length. Such a request has no body and
+/// the next byte starts the next head, so there is nothing to parse. A head hyper would
+/// refuse is followed here as if it were fine, harmlessly: hyper closes the connection
+/// after refusing it. `None`: not complete, or a line that may be a framing header
+/// (then [`parse_head_fully`] decides).
+fn plain_head(buf: &[u8]) -> Option<usize> {
+    const CL: &[u8] = b"content-length";
+    const TE: &[u8] = b"transfer-encoding";
+    let starts = |at: usize, name: &[u8]| {
+        buf.get(at..at + name.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(name))
+    };
+    for nl in memchr::memchr_iter(b'\n', buf) {
+        let next = nl + 1;
+        match buf.get(next) {
+            Some(b'\n') => return Some(next + 1),
+            Some(b'\r') if buf.get(next + 1) == Some(&b'\n') => return Some(next + 2),
+            Some(b'c' | b'C') if starts(next, CL) => return None,
+            Some(b't' | b'T') if starts(next, TE) => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// [`parse_head`] with httparse, for a head that may carry a framing header.
+fn parse_head_fully(buf: &[u8]) -> Parsed {
     let mut headers =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
@@ -240,6 +274,32 @@ mod tests {
     }
 
     #[test]
+    fn a_head_without_framing_headers_is_measured_without_parsing() {
+        let full = |h: &str| match parse_head_fully(h.as_bytes()) {
+            Parsed::Head(n, both, next) => Some((n, both, next)),
+            _ => None,
+        };
+        for head in [
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\n",
+            "GET / HTTP/1.1\nHost: a\n\nrest",
+            "GET /content-length HTTP/1.1\r\nX-Content-Length: 5\r\nA: transfer-encoding\r\n\r\n",
+        ] {
+            let n = plain_head(head.as_bytes()).expect(head);
+            assert_eq!(full(head), Some((n, false, State::Head)), "{head:?}");
+        }
+        // A line that may be a framing header, in any case, goes to httparse.
+        for head in [
+            "POST / HTTP/1.1\r\nHost: a\r\ncOnTeNt-LeNgTh: 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nTRANSFER-ENCODING: chunked\r\n\r\n0\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length : 5\r\n\r\nhello",
+        ] {
+            assert_eq!(plain_head(head.as_bytes()), None, "{head:?}");
+        }
+        assert_eq!(plain_head(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(plain_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
+    }
+
+    #[test]
     fn follows_pipelined_requests_in_any_pieces() {
         let input = "\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n\
              POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
@@ -264,7 +324,7 @@ mod tests {
         for input in [
             "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-            "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+            "POST / HTTP/1.1\r\nBad Header\r\nContent-Length: 0\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n",
         ] {
@@ -273,5 +333,9 @@ mod tests {
         let mut f = Framing::new(64);
         f.feed(&[b'a'; 65], |_| {});
         assert_eq!(f.state, State::Off);
+        // A bad head without framing headers is followed as bodiless, not parsed:
+        // hyper refuses it and closes the connection, so nothing after it is read.
+        let (seen, heads, state) = conflicts("GET / HTTP/1.1\r\nBad Header\r\n\r\n", 3);
+        assert_eq!((seen, heads, state), (vec![], 1, State::Head));
     }
 }
