@@ -196,7 +196,7 @@ mod tests {
         decisions.insert(DecisionCache::key(0, "good"), ok, None, now() + 60);
         for i in 0..1000 {
             bad.remember(
-                DecisionCache::key(0, &format!("bad{i}")),
+                DecisionCache::key(0, format!("bad{i}")),
                 &AuthError::new(DenyReason::BadSignature, "x"),
             );
         }
