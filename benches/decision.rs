@@ -196,7 +196,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("part: cache insert (full cache, new key)", |b| {
         b.iter(|| {
             n += 1;
-            let k = gatehouse::cache::DecisionCache::key(0, &n.to_string());
+            let k = gatehouse::cache::DecisionCache::key(0, n.to_string());
             full.insert(k, Ok(grant.clone()), None, u64::MAX);
         })
     });
