@@ -275,6 +275,13 @@ fn invalid_or_missing_host_is_400() {
     let raw = raw_request(&env, "GET /data/1 HTTP/1.0\r\n\r\n");
     assert_eq!(status_of(&raw), 200, "{raw}");
     assert!(raw.contains(r#""path":"/data/1""#), "{raw}");
+    // The backend's request is HTTP/1.1 and needs a Host: the upstream's address (the
+    // pool's own name for the address never leaks into it).
+    let backend = env.echo.as_ref().unwrap().addr().to_string();
+    assert!(
+        raw.contains(&format!(r#"["host","{backend}"]"#)),
+        "the backend must see Host: {backend}: {raw}"
+    );
 }
 
 #[test]

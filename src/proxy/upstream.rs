@@ -283,3 +283,30 @@ fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_name_of_an_address_is_its_index_and_nothing_else_connects() {
+        let addrs: Vec<SocketAddr> = vec![
+            "127.0.0.1:19443".parse().unwrap(),
+            "[::1]:8443".parse().unwrap(),
+        ];
+        let c = AddrConnector {
+            inner: HttpConnector::new(),
+            addrs: addrs.into(),
+        };
+        let target = |u: &str| c.target(&u.parse().unwrap()).map(|t| t.to_string());
+        assert_eq!(
+            target("https://0/x?y").as_deref(),
+            Some("https://127.0.0.1:19443/")
+        );
+        assert_eq!(target("https://1").as_deref(), Some("https://[::1]:8443/"));
+        // Never resolved: an index out of range or a name is refused.
+        assert_eq!(target("https://2"), None);
+        assert_eq!(target("https://example.com"), None);
+        assert_eq!(target("https://127.0.0.1:19443"), None);
+    }
+}
