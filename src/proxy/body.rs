@@ -377,20 +377,11 @@ impl Body for ProxyBody {
     }
 }
 
-/// The method as the audit record keeps it: the standard ones as static strings.
+/// The method as the audit record keeps it: the ones with a metrics label as static
+/// strings, any other copied.
 fn method_name(m: &http::Method) -> std::borrow::Cow<'static, str> {
-    use http::Method;
-    let s = match *m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => return m.as_str().to_owned().into(),
-    };
-    s.into()
+    match metrics::method_label(m.as_str()) {
+        "OTHER" => m.as_str().to_owned().into(),
+        label => label.into(),
+    }
 }
