@@ -279,26 +279,60 @@ def cmd_report(a):
                 f"{r2(ratio(c['rps'], base))} | {r2(ratio(c['rps'], rps('haproxy-jwt', m)))} | {rss} | "
                 f"{lo:.0f}–{hi:.0f} |")
     add("")
+    # Each target: (numerator cell, denominator cell, measure, goal). Its ratio is given two
+    # ways. "of medians" divides the two cells' medians. "paired" divides the two cells of
+    # each round (measured within a minute or two of each other: mode-major order) and
+    # takes the median of those per-round ratios, so that the machine's drift between
+    # rounds cancels; the verdict needs both.
     key = [
-        ("gatehouse warm / nginx-pass warm", ratio(rps("gatehouse", "warm"), rps("nginx-pass", "warm"))),
-        ("gatehouse warm / haproxy-jwt warm", ratio(rps("gatehouse", "warm"), rps("haproxy-jwt", "warm"))),
-        ("gatehouse warm / envoy-jwt warm", ratio(rps("gatehouse", "warm"), rps("envoy-jwt", "warm"))),
-        ("gatehouse warm / bare-pingora warm", ratio(rps("gatehouse", "warm"), rps("bare-pingora", "warm"))),
-        ("gatehouse warm / bare-hyper warm", ratio(rps("gatehouse", "warm"), rps("bare-hyper", "warm"))),
-        ("gatehouse 1k / gatehouse warm", ratio(rps("gatehouse", "1k"), rps("gatehouse", "warm"))),
-        ("gatehouse cold / haproxy-jwt cold", ratio(rps("gatehouse", "cold"), rps("haproxy-jwt", "cold"))),
-        ("gatehouse deny / gatehouse warm", ratio(rps("gatehouse", "deny"), rps("gatehouse", "warm"))),
-        ("gatehouse h2 / haproxy-jwt h2", ratio(rps("gatehouse", "h2"), rps("haproxy-jwt", "h2"))),
-        ("gatehouse p99 warm / nginx-pass p99 warm", ratio(p99("gatehouse", "warm"), p99("nginx-pass", "warm"))),
+        (("gatehouse", "warm"), ("nginx-pass", "warm"), "rps", (">=", 0.8)),
+        (("gatehouse", "warm"), ("haproxy-jwt", "warm"), "rps", (">=", 2.0)),
+        (("gatehouse", "warm"), ("envoy-jwt", "warm"), "rps", (">=", 1.8)),
+        (("gatehouse", "warm"), ("bare-pingora", "warm"), "rps", None),
+        (("gatehouse", "warm"), ("bare-hyper", "warm"), "rps", None),
+        (("gatehouse", "1k"), ("gatehouse", "warm"), "rps", (">=", 0.95)),
+        (("gatehouse", "cold"), ("haproxy-jwt", "cold"), "rps", (">=", 1.0)),
+        (("gatehouse", "deny"), ("gatehouse", "warm"), "rps", (">=", 1.5)),
+        (("gatehouse", "h2"), ("haproxy-jwt", "h2"), "rps", (">=", 1.5)),
+        (("gatehouse", "warm"), ("nginx-pass", "warm"), "p99_ms", ("<=", 1.5)),
     ]
-    key = [(name, val) for name, val in key if val is not None]
-    if key:
-        add("Key ratios (req/s unless named; medians):")
+    per_round = {}
+    for r in rows:
+        per_round[(r["variant"], r["mode"], r["round"])] = r
+    table = []
+    for a_cell, b_cell, what, goal in key:
+        of_medians = ratio((med.get(a_cell) or {}).get(what), (med.get(b_cell) or {}).get(what))
+        if of_medians is None:
+            continue
+        rounds_r = []
+        for rnd in sorted({r["round"] for r in rows}, key=lambda x: int(x)):
+            a_row, b_row = per_round.get(a_cell + (rnd,)), per_round.get(b_cell + (rnd,))
+            if a_row and b_row:
+                rounds_r.append(ratio(num(a_row[what]), num(b_row[what])))
+        paired = median(rounds_r)
+        verdict = ""
+        if goal:
+            op, bound = goal
+
+            def ok(x):
+                return x is not None and (x >= bound if op == ">=" else x <= bound)
+            verdict = "met" if ok(of_medians) and ok(paired) else "missed"
+        name = f"gatehouse {a_cell[1]} / {b_cell[0]} {b_cell[1]}"
+        if what == "p99_ms":
+            name = f"gatehouse p99 {a_cell[1]} / {b_cell[0]} p99 {b_cell[1]}"
+        elif a_cell[0] == b_cell[0]:
+            name = f"gatehouse {a_cell[1]} / gatehouse {b_cell[1]}"
+        table.append((name, of_medians, paired, rounds_r, goal, verdict))
+    if table:
+        add("Key ratios (req/s unless named): of the medians, and paired (the median of the "
+            "per-round ratios, each round's two cells measured minutes apart at most):")
         add("")
-        add("| ratio | value |")
-        add("|---|---:|")
-        for name, val in key:
-            add(f"| {name} | {val:.2f} |")
+        add("| ratio | of medians | paired | per round | target | |")
+        add("|---|---:|---:|---|---|---|")
+        for name, of_medians, paired, rounds_r, goal, verdict in table:
+            per = " / ".join(r2(x) for x in rounds_r)
+            target = f"{'≥' if goal[0] == '>=' else '≤'} {goal[1]}" if goal else ""
+            add(f"| {name} | {of_medians:.2f} | {r2(paired)} | {per} | {target} | {verdict} |")
         add("")
     gh_rss = (med.get(("gatehouse", "cold")) or {}).get("rss_kb")
     if gh_rss:

@@ -9,7 +9,7 @@
 #   CHECK_ONLY=1 benches/peers/run.sh                      # start each variant, check it, stop
 #
 # Settings (environment):
-#   DURATION (8) seconds per cell; ROUNDS (3) rounds, variants alternate order, medians kept
+#   DURATION (8) seconds per cell; ROUNDS (5) rounds, variants alternate order, medians kept
 #   VARIANTS  direct nginx-pass haproxy-jwt envoy-jwt gatehouse bare-hyper bare-pingora
 #   MODES     warm 1k cold deny none h2
 #   W (target/peers) work folder: certs, keys, tokens, rendered configs, logs, results
@@ -30,7 +30,7 @@ cd "$ROOT"
 ALL_VARIANTS="direct nginx-pass haproxy-jwt envoy-jwt gatehouse bare-hyper bare-pingora"
 ALL_MODES="warm 1k cold deny none h2"
 DURATION=${DURATION:-8}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 VARIANTS=${VARIANTS:-$ALL_VARIANTS}
 MODES=${MODES:-$ALL_MODES}
 CONNS=${CONNS:-32}

@@ -122,6 +122,11 @@ class Report(unittest.TestCase):
             self.assertIn("| gatehouse warm / nginx-pass warm | 0.68 |", out)  # 15000 / 22000
             self.assertIn("| gatehouse warm / haproxy-jwt warm | 1.36 |", out)  # 15000 / 11000
             self.assertIn("| gatehouse p99 warm / nginx-pass p99 warm | 1.50 |", out)  # 7.5 / 5
+            # paired: the median of the per-round ratios; the verdict needs both figures
+            self.assertIn("| gatehouse warm / nginx-pass warm | 0.68 | 0.75 | 0.75 / 0.75 / 0.01 | ≥ 0.8 | missed |", out)
+            self.assertIn("| gatehouse warm / haproxy-jwt warm | 1.36 | 1.50 | 1.50 / 1.50 / 0.08 | ≥ 2.0 | missed |", out)
+            self.assertIn("| gatehouse p99 warm / nginx-pass p99 warm | 1.50 | 1.50 | 1.50 / 1.50 / 1.50 | ≤ 1.5 | met |", out)
+            self.assertNotIn("cold / haproxy-jwt cold", out)  # no haproxy-jwt cold cell
             self.assertIn("after the `cold` load: 50 MB", out)
             self.assertIn("commit abc1234", out)
             self.assertNotIn("Warning", out)
