@@ -340,6 +340,11 @@ measure() { # VARIANT MODE ROUND
 # Mode-major: within a round, every variant takes one load back to back (a fresh process
 # per cell) before the next load starts, so the cells a ratio compares are a minute apart,
 # not a whole round: this machine's speed drifts by tens of percent over minutes.
+# `1k` is compared with the same variant's `warm`, so the two are measured back to back on
+# one start (1k first in even rounds), seconds apart instead of a whole load block: in
+# the first 5-round run, every variant's 1k/warm moved together from 0.6-0.8 in one
+# round to 1.1-1.5 in another, the machine's drift between the two blocks.
+pair_1k() { has "$MODES" warm && has "$MODES" 1k && has "$(modes_of "$1")" 1k; }
 for r in $(seq "$ROUNDS"); do
   order=$VARIANTS
   [ $((r % 2)) = 0 ] && order=$(echo "$VARIANTS" | tr ' ' '\n' | tac | tr '\n' ' ')
@@ -347,11 +352,18 @@ for r in $(seq "$ROUNDS"); do
   for m in $MODES; do
     for v in $order; do
       has "$(modes_of "$v")" "$m" || continue
+      cells=$m
+      if pair_1k "$v"; then
+        case "$m" in
+          1k) continue ;;
+          warm) cells="warm 1k"; [ $((r % 2)) = 0 ] && cells="1k warm" ;;
+        esac
+      fi
       start "$v"
       # one short unmeasured load: handshakes done, upstream pools filled
       bounded wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H "Authorization: Bearer $TOK" \
         "https://127.0.0.1:$PORT$URL_PATH" >/dev/null 2>&1 || true
-      measure "$v" "$m" "$r"
+      for c in $cells; do measure "$v" "$c" "$r"; done
       stop
     done
   done
