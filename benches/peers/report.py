@@ -241,9 +241,6 @@ def cmd_report(a):
     def rps(v, m):
         return (med.get((v, m)) or {}).get("rps")
 
-    def p99(v, m):
-        return (med.get((v, m)) or {}).get("p99_ms")
-
     lines = []
     add = lines.append
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -296,16 +293,15 @@ def cmd_report(a):
         (("gatehouse", "h2"), ("haproxy-jwt", "h2"), "rps", (">=", 1.5)),
         (("gatehouse", "warm"), ("nginx-pass", "warm"), "p99_ms", ("<=", 1.5)),
     ]
-    per_round = {}
-    for r in rows:
-        per_round[(r["variant"], r["mode"], r["round"])] = r
+    per_round = {(r["variant"], r["mode"], r["round"]): r for r in rows}
+    round_ids = sorted({r["round"] for r in rows}, key=int)
     table = []
     for a_cell, b_cell, what, goal in key:
         of_medians = ratio((med.get(a_cell) or {}).get(what), (med.get(b_cell) or {}).get(what))
         if of_medians is None:
             continue
         rounds_r = []
-        for rnd in sorted({r["round"] for r in rows}, key=lambda x: int(x)):
+        for rnd in round_ids:
             a_row, b_row = per_round.get(a_cell + (rnd,)), per_round.get(b_cell + (rnd,))
             if a_row and b_row:
                 rounds_r.append(ratio(num(a_row[what]), num(b_row[what])))
