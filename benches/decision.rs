@@ -190,8 +190,24 @@ fn bench(c: &mut Criterion) {
     });
     let key = gatehouse::cache::DecisionCache::key(route.index, &f.token);
     g.bench_function("part: cache get", |b| b.iter(|| f.live.cache.get(&key)));
+    // The `1k` load of the peer bench: a thousand live decisions, asked for in turn, in
+    // a cache of the default size.
+    let many = gatehouse::cache::DecisionCache::new(100_000, 300, 1);
+    let keys: Vec<[u8; 32]> = (0..1000)
+        .map(|i| gatehouse::cache::DecisionCache::key(0, format!("token-{i}")))
+        .collect();
+    for k in &keys {
+        many.insert(*k, Ok(grant.clone()), None, u64::MAX);
+    }
+    let mut i = 0usize;
+    g.bench_function("part: cache get, 1 000 keys in turn", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            many.get(&keys[i]).is_some()
+        })
+    });
     // The cold path's cache work: a new key each time, into a cache that is full.
-    let full = gatehouse::cache::DecisionCache::new(10_000, 300);
+    let full = gatehouse::cache::DecisionCache::new(10_000, 300, 1);
     let mut n = 0u64;
     g.bench_function("part: cache insert (full cache, new key)", |b| {
         b.iter(|| {

@@ -10,8 +10,18 @@
 //! flood of distinct bad tokens can only evict other bad tokens, never a valid decision.
 //! One cache of each kind belongs to one loaded config: a reload builds new ones, so a
 //! decision made under the old config can never answer under the new one.
+//!
+//! In front of the decision cache sits a small table per proxy thread ([`Front`]): four
+//! slots per set, each holding the whole key, the entry and its expiry instant, so a
+//! repeat caller costs one short lock that no other thread takes and one or two cache
+//! lines, instead of moka's hash-table walk and its access bookkeeping (with a thousand
+//! callers that walk waits on memory; see docs/ARCHITECTURE.md, "1 000 tokens"). It only
+//! ever holds entries that moka held, never past their expiry, and belongs to the same
+//! `DecisionCache`, so a reload drops it too.
 
-use std::sync::Arc;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moka::sync::Cache;
@@ -31,6 +41,8 @@ pub struct Entry {
     pub decision: Decision,
     pub caller: Option<Arc<Caller>>,
     ttl: Duration,
+    /// When the entry stops answering (insert + `ttl`), for the front table.
+    expires: Instant,
 }
 
 struct PerEntry;
@@ -43,16 +55,20 @@ impl Expiry<[u8; 32], Entry> for PerEntry {
 
 pub struct DecisionCache {
     cache: Cache<[u8; 32], Entry>,
+    front: Front,
     ttl_s: u64,
 }
 
 impl DecisionCache {
-    pub fn new(max_entries: u64, ttl_s: u64) -> Self {
+    /// A cache of at most `max_entries` decisions, each kept at most `ttl_s`, with one
+    /// front table for each of `threads` proxy threads.
+    pub fn new(max_entries: u64, ttl_s: u64, threads: usize) -> Self {
         DecisionCache {
             cache: Cache::builder()
                 .max_capacity(max_entries)
                 .expire_after(PerEntry)
                 .build(),
+            front: Front::new(max_entries, threads),
             ttl_s,
         }
     }
@@ -67,7 +83,13 @@ impl DecisionCache {
 
     /// A live decision, counting the hit or miss.
     pub fn get(&self, key: &[u8; 32]) -> Option<Entry> {
-        match self.cache.get(key) {
+        let now = Instant::now();
+        let found = self.front.get(key, now).or_else(|| {
+            let e = self.cache.get(key)?;
+            self.front.put(*key, &e, now);
+            Some(e)
+        });
+        match found {
             Some(e) => {
                 metrics::DECISION_CACHE_HITS.inc();
                 Some(e)
@@ -90,14 +112,16 @@ impl DecisionCache {
         if left == 0 {
             return;
         }
-        self.cache.insert(
-            key,
-            Entry {
-                decision,
-                caller,
-                ttl: Duration::from_secs(left),
-            },
-        );
+        let at = Instant::now();
+        let ttl = Duration::from_secs(left);
+        let entry = Entry {
+            decision,
+            caller,
+            ttl,
+            expires: at + ttl,
+        };
+        self.front.put(key, &entry, at);
+        self.cache.insert(key, entry);
         metrics::DECISION_CACHE_ENTRIES.set(self.cache.entry_count() as i64);
     }
 
@@ -106,6 +130,133 @@ impl DecisionCache {
     pub fn entry_count(&self) -> u64 {
         self.cache.run_pending_tasks();
         self.cache.entry_count()
+    }
+}
+
+/// Slots per set of a front table.
+const WAYS: usize = 4;
+/// Most slots in one front table (per proxy thread): 4096 × ~100 bytes.
+const FRONT_SLOTS_MAX: usize = 4096;
+
+/// The decision cache's per-thread front: `tables[t]` belongs to proxy thread `t` (see
+/// [`bind_worker`]), so its lock is uncontended; any other thread that decides (`explain`,
+/// tests) shares one by number, which is slower but still correct.
+struct Front {
+    tables: Box<[Table]>,
+    /// Sets per table, a power of two.
+    sets: usize,
+}
+
+/// One thread's table, on cache lines of its own.
+#[repr(align(128))]
+struct Table(Mutex<Ways>);
+
+struct Ways {
+    slots: Box<[Option<Slot>]>,
+    /// Which way of a full set the next new key replaces.
+    victim: usize,
+}
+
+struct Slot {
+    key: [u8; 32],
+    entry: Entry,
+}
+
+thread_local! {
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+static NEXT_UNBOUND: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes the calling thread use front table `i` (modulo the table count) of every
+/// decision cache. Each proxy thread calls this with its own number when it starts.
+pub fn bind_worker(i: usize) {
+    WORKER.with(|w| w.set(Some(i)));
+}
+
+fn worker() -> usize {
+    WORKER.with(|w| {
+        w.get().unwrap_or_else(|| {
+            let i = NEXT_UNBOUND.fetch_add(1, Ordering::Relaxed);
+            w.set(Some(i));
+            i
+        })
+    })
+}
+
+impl Front {
+    /// Tables of `max_entries` slots rounded up to a power of two, at least one set and at
+    /// most [`FRONT_SLOTS_MAX`]; none when the cache keeps nothing.
+    fn new(max_entries: u64, threads: usize) -> Front {
+        let slots = usize::try_from(max_entries)
+            .unwrap_or(usize::MAX)
+            .min(FRONT_SLOTS_MAX)
+            .next_power_of_two()
+            .max(WAYS);
+        let tables = if max_entries == 0 { 0 } else { threads.max(1) };
+        Front {
+            tables: (0..tables)
+                .map(|_| {
+                    Table(Mutex::new(Ways {
+                        slots: (0..slots).map(|_| None).collect(),
+                        victim: 0,
+                    }))
+                })
+                .collect(),
+            sets: slots / WAYS,
+        }
+    }
+
+    /// This thread's table, locked, and where `key`'s set starts in it.
+    fn table(&self, key: &[u8; 32]) -> Option<(std::sync::MutexGuard<'_, Ways>, usize)> {
+        if self.tables.is_empty() {
+            return None;
+        }
+        let t = &self.tables[worker() % self.tables.len()].0;
+        // The key is a SHA-256 digest: any 8 of its bytes are evenly spread.
+        let h = u64::from_le_bytes(key[..8].try_into().expect("8 bytes")) as usize;
+        let set = h & (self.sets - 1);
+        Some((t.lock().unwrap_or_else(|e| e.into_inner()), set * WAYS))
+    }
+
+    fn get(&self, key: &[u8; 32], now: Instant) -> Option<Entry> {
+        let (mut ways, base) = self.table(key)?;
+        for slot in &mut ways.slots[base..base + WAYS] {
+            if slot.as_ref().is_some_and(|s| s.key == *key) {
+                return match slot {
+                    Some(s) if s.entry.expires > now => Some(s.entry.clone()),
+                    _ => {
+                        *slot = None;
+                        None
+                    }
+                };
+            }
+        }
+        None
+    }
+
+    /// Keeps `entry` under `key`: in its old slot, a free or expired one, or in place of
+    /// the set's ways in turn.
+    fn put(&self, key: [u8; 32], entry: &Entry, now: Instant) {
+        if entry.expires <= now {
+            return;
+        }
+        let Some((mut ways, base)) = self.table(&key) else {
+            return;
+        };
+        let way = (0..WAYS)
+            .find(|&w| {
+                ways.slots[base + w]
+                    .as_ref()
+                    .is_none_or(|s| s.key == key || s.entry.expires <= now)
+            })
+            .unwrap_or_else(|| {
+                ways.victim = (ways.victim + 1) % WAYS;
+                ways.victim
+            });
+        ways.slots[base + way] = Some(Slot {
+            key,
+            entry: entry.clone(),
+        });
     }
 }
 
@@ -190,7 +341,7 @@ mod tests {
 
     #[test]
     fn a_flood_of_bad_tokens_cannot_evict_a_decision() {
-        let decisions = DecisionCache::new(100, 300);
+        let decisions = DecisionCache::new(100, 300, 1);
         let bad = NegativeCache::new(10, Duration::from_secs(30));
         let ok: Decision = Err(AuthError::new(DenyReason::InsufficientRole, "x"));
         decisions.insert(DecisionCache::key(0, "good"), ok, None, now() + 60);
@@ -212,6 +363,135 @@ mod tests {
             .as_secs()
     }
 
+    fn deny_entry(expires: Instant) -> Entry {
+        Entry {
+            decision: Err(AuthError::new(DenyReason::InsufficientRole, "x")),
+            caller: None,
+            ttl: Duration::from_secs(60),
+            expires,
+        }
+    }
+
+    /// Keys that fall into one set of the front (same first 8 bytes), differing after.
+    fn same_set(n: u8) -> [u8; 32] {
+        let mut k = [7u8; 32];
+        k[31] = n;
+        k
+    }
+
+    #[test]
+    fn front_answers_a_repeat_without_asking_moka() {
+        let c = DecisionCache::new(100, 300, 1);
+        let k = DecisionCache::key(0, "t");
+        let ok: Decision = Err(AuthError::new(DenyReason::InsufficientRole, "x"));
+        c.insert(k, ok, None, now() + 60);
+        // Gone from moka, still in the front: the front answered.
+        c.cache.invalidate(&k);
+        assert!(c.cache.get(&k).is_none());
+        assert!(c.get(&k).is_some());
+        // A moka hit fills the front too.
+        let k2 = DecisionCache::key(0, "u");
+        c.cache
+            .insert(k2, deny_entry(Instant::now() + Duration::from_secs(60)));
+        assert!(c.get(&k2).is_some());
+        c.cache.invalidate(&k2);
+        assert!(c.get(&k2).is_some());
+    }
+
+    #[test]
+    fn front_compares_the_whole_key() {
+        let f = Front::new(100, 1);
+        let t = Instant::now();
+        f.put(same_set(1), &deny_entry(t + Duration::from_secs(60)), t);
+        assert!(f.get(&same_set(1), t).is_some());
+        // Same set, same first bytes, another token: never the first one's decision.
+        assert!(f.get(&same_set(2), t).is_none());
+        let mut k = same_set(1);
+        k[0] ^= 1;
+        assert!(f.get(&k, t).is_none());
+    }
+
+    #[test]
+    fn front_never_answers_past_expiry() {
+        let f = Front::new(100, 1);
+        let t = Instant::now();
+        let e = deny_entry(t + Duration::from_secs(5));
+        f.put(same_set(1), &e, t);
+        assert!(f.get(&same_set(1), t + Duration::from_secs(4)).is_some());
+        assert!(f.get(&same_set(1), t + Duration::from_secs(5)).is_none());
+        // Not kept at all when already expired.
+        f.put(same_set(2), &e, t + Duration::from_secs(6));
+        assert!(f.get(&same_set(2), t).is_none());
+    }
+
+    #[test]
+    fn a_full_set_replaces_in_turn_and_keeps_the_rest() {
+        let f = Front::new(100, 1);
+        let t = Instant::now();
+        let e = deny_entry(t + Duration::from_secs(60));
+        for n in 0..WAYS as u8 {
+            f.put(same_set(n), &e, t);
+        }
+        for n in 0..WAYS as u8 {
+            assert!(f.get(&same_set(n), t).is_some(), "way {n}");
+        }
+        // A fifth key takes one way; three of the first four stay.
+        f.put(same_set(9), &e, t);
+        assert!(f.get(&same_set(9), t).is_some());
+        let kept = (0..WAYS as u8)
+            .filter(|n| f.get(&same_set(*n), t).is_some())
+            .count();
+        assert_eq!(kept, WAYS - 1);
+        // Putting a key again reuses its slot rather than taking another.
+        f.put(same_set(9), &e, t);
+        let kept = (0..WAYS as u8)
+            .filter(|n| f.get(&same_set(*n), t).is_some())
+            .count();
+        assert_eq!(kept, WAYS - 1);
+    }
+
+    #[test]
+    fn each_proxy_thread_has_its_own_front() {
+        let c = Arc::new(DecisionCache::new(100, 300, 2));
+        let k = DecisionCache::key(0, "t");
+        let deny: Decision = Err(AuthError::new(DenyReason::InsufficientRole, "x"));
+        let on = |i: usize, f: Box<dyn FnOnce(&DecisionCache) + Send>| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                bind_worker(i);
+                f(&c)
+            })
+            .join()
+            .unwrap()
+        };
+        on(0, Box::new(move |c| c.insert(k, deny, None, now() + 60)));
+        c.cache.invalidate(&k);
+        // Thread 1's table never saw the key; thread 0's still has it.
+        on(1, Box::new(move |c| assert!(c.get(&k).is_none())));
+        on(0, Box::new(move |c| assert!(c.get(&k).is_some())));
+        // Table numbers wrap: thread 2 of 2 tables is table 0.
+        on(2, Box::new(move |c| assert!(c.get(&k).is_some())));
+    }
+
+    #[test]
+    fn a_cache_of_no_entries_keeps_nothing() {
+        let c = DecisionCache::new(0, 300, 2);
+        let k = DecisionCache::key(0, "t");
+        let deny: Decision = Err(AuthError::new(DenyReason::InsufficientRole, "x"));
+        c.insert(k, deny, None, now() + 60);
+        c.cache.run_pending_tasks();
+        assert!(c.get(&k).is_none());
+    }
+
+    #[test]
+    fn front_size_follows_max_entries() {
+        assert_eq!(Front::new(1, 1).sets * WAYS, WAYS);
+        assert_eq!(Front::new(1000, 3).sets * WAYS, 1024);
+        assert_eq!(Front::new(1000, 3).tables.len(), 3);
+        assert_eq!(Front::new(u64::MAX, 1).sets * WAYS, FRONT_SLOTS_MAX);
+        assert!(Front::new(0, 4).tables.is_empty());
+    }
+
     #[test]
     fn key_depends_on_route_and_token() {
         assert_ne!(DecisionCache::key(0, "a"), DecisionCache::key(1, "a"));
@@ -221,7 +501,7 @@ mod tests {
 
     #[test]
     fn expired_token_is_not_kept_and_live_one_is() {
-        let c = DecisionCache::new(100, 300);
+        let c = DecisionCache::new(100, 300, 1);
         let deny: Decision = Err(AuthError::new(DenyReason::InsufficientRole, "x"));
         c.insert(DecisionCache::key(0, "old"), deny.clone(), None, now() - 1);
         assert!(c.get(&DecisionCache::key(0, "old")).is_none());
@@ -231,7 +511,7 @@ mod tests {
 
     #[test]
     fn entry_lives_no_longer_than_the_token() {
-        let c = DecisionCache::new(100, 300);
+        let c = DecisionCache::new(100, 300, 1);
         let deny: Decision = Err(AuthError::new(DenyReason::InsufficientRole, "x"));
         c.insert(DecisionCache::key(0, "t"), deny, None, now() + 1);
         std::thread::sleep(Duration::from_millis(2100));

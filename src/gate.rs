@@ -38,7 +38,7 @@ pub enum Outcome {
 
 impl Live {
     pub fn new(rt: Arc<Runtime>, auth: Arc<Authenticator>) -> Self {
-        let cache = DecisionCache::new(rt.cache.max_entries, rt.cache.ttl_s);
+        let cache = DecisionCache::new(rt.cache.max_entries, rt.cache.ttl_s, rt.server.threads);
         let upstreams = crate::proxy::upstream::clients(&rt.upstreams);
         debug_assert!(rt.routes.iter().enumerate().all(|(i, r)| r.index == i));
         let hsts = (rt.server.hsts_max_age_s > 0).then(|| {

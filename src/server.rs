@@ -126,6 +126,8 @@ impl ProxyThreads {
             let t = std::thread::Builder::new()
                 .name(format!("gatehouse-proxy-{i}"))
                 .spawn(move || {
+                    // This thread's own table in the decision caches' front.
+                    crate::cache::bind_worker(i);
                     rt.block_on(async move {
                         match tokio::net::TcpListener::from_std(l) {
                             Ok(l) => crate::proxy::conn::serve(l, tls, shared, stop, slots).await,
