@@ -20,7 +20,6 @@
 //! `DecisionCache`, so a reload drops it too.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -139,12 +138,13 @@ const WAYS: usize = 4;
 const FRONT_SLOTS_MAX: usize = 4096;
 
 /// The decision cache's per-thread front: `tables[t]` belongs to proxy thread `t` (see
-/// [`bind_worker`]), so its lock is uncontended; any other thread that decides (`explain`,
-/// tests) shares one by number, which is slower but still correct.
+/// [`bind_worker`]), so its lock is uncontended; every other thread that decides
+/// (`explain`, tests) shares the last table, which is slower but still correct. A table's
+/// slots are allocated on its first insert, so tables no thread uses cost 128 bytes.
 struct Front {
     tables: Box<[Table]>,
-    /// Sets per table, a power of two.
-    sets: usize,
+    /// Slots per table, a power of two and a multiple of [`WAYS`].
+    slots: usize,
 }
 
 /// One thread's table, on cache lines of its own.
@@ -152,6 +152,7 @@ struct Front {
 struct Table(Mutex<Ways>);
 
 struct Ways {
+    /// Empty until the first insert, then `Front::slots` long.
     slots: Box<[Option<Slot>]>,
     /// Which way of a full set the next new key replaces.
     victim: usize,
@@ -165,62 +166,56 @@ struct Slot {
 thread_local! {
     static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
 }
-static NEXT_UNBOUND: AtomicUsize = AtomicUsize::new(0);
 
-/// Makes the calling thread use front table `i` (modulo the table count) of every
-/// decision cache. Each proxy thread calls this with its own number when it starts.
+/// Makes the calling thread use front table `i` of every decision cache (modulo the
+/// number of proxy threads the cache was built for). Each proxy thread calls this with
+/// its own number when it starts.
 pub fn bind_worker(i: usize) {
     WORKER.with(|w| w.set(Some(i)));
 }
 
-fn worker() -> usize {
-    WORKER.with(|w| {
-        w.get().unwrap_or_else(|| {
-            let i = NEXT_UNBOUND.fetch_add(1, Ordering::Relaxed);
-            w.set(Some(i));
-            i
-        })
-    })
-}
-
 impl Front {
-    /// Tables of `max_entries` slots rounded up to a power of two, at least one set and at
-    /// most [`FRONT_SLOTS_MAX`]; none when the cache keeps nothing.
+    /// One table per proxy thread plus one for every other thread, each of `max_entries`
+    /// slots rounded up to a power of two, at least one set and at most
+    /// [`FRONT_SLOTS_MAX`]; no tables when the cache keeps nothing.
     fn new(max_entries: u64, threads: usize) -> Front {
         let slots = usize::try_from(max_entries)
             .unwrap_or(usize::MAX)
             .min(FRONT_SLOTS_MAX)
             .next_power_of_two()
             .max(WAYS);
-        let tables = if max_entries == 0 { 0 } else { threads.max(1) };
+        let tables = if max_entries == 0 {
+            0
+        } else {
+            threads.max(1) + 1
+        };
         Front {
             tables: (0..tables)
                 .map(|_| {
                     Table(Mutex::new(Ways {
-                        slots: (0..slots).map(|_| None).collect(),
+                        slots: Box::default(),
                         victim: 0,
                     }))
                 })
                 .collect(),
-            sets: slots / WAYS,
+            slots,
         }
     }
 
     /// This thread's table, locked, and where `key`'s set starts in it.
     fn table(&self, key: &[u8; 32]) -> Option<(std::sync::MutexGuard<'_, Ways>, usize)> {
-        if self.tables.is_empty() {
-            return None;
-        }
-        let t = &self.tables[worker() % self.tables.len()].0;
+        let shared = self.tables.len().checked_sub(1)?;
+        let i = WORKER.with(Cell::get).map_or(shared, |i| i % shared.max(1));
         // The key is a SHA-256 digest: any 8 of its bytes are evenly spread.
         let h = u64::from_le_bytes(key[..8].try_into().expect("8 bytes")) as usize;
-        let set = h & (self.sets - 1);
-        Some((t.lock().unwrap_or_else(|e| e.into_inner()), set * WAYS))
+        let set = h & (self.slots / WAYS - 1);
+        let ways = self.tables[i].0.lock().unwrap_or_else(|e| e.into_inner());
+        Some((ways, set * WAYS))
     }
 
     fn get(&self, key: &[u8; 32], now: Instant) -> Option<Entry> {
         let (mut ways, base) = self.table(key)?;
-        for slot in &mut ways.slots[base..base + WAYS] {
+        for slot in ways.slots.get_mut(base..base + WAYS)? {
             if slot.as_ref().is_some_and(|s| s.key == *key) {
                 return match slot {
                     Some(s) if s.entry.expires > now => Some(s.entry.clone()),
@@ -234,8 +229,8 @@ impl Front {
         None
     }
 
-    /// Keeps `entry` under `key`: in its old slot, a free or expired one, or in place of
-    /// the set's ways in turn.
+    /// Keeps `entry` under `key`: in its own slot if it has one, else in a free or
+    /// expired one, else in place of one of the set's ways, in turn.
     fn put(&self, key: [u8; 32], entry: &Entry, now: Instant) {
         if entry.expires <= now {
             return;
@@ -243,11 +238,16 @@ impl Front {
         let Some((mut ways, base)) = self.table(&key) else {
             return;
         };
-        let way = (0..WAYS)
-            .find(|&w| {
-                ways.slots[base + w]
-                    .as_ref()
-                    .is_none_or(|s| s.key == key || s.entry.expires <= now)
+        if ways.slots.is_empty() {
+            ways.slots = (0..self.slots).map(|_| None).collect();
+        }
+        let set = &ways.slots[base..base + WAYS];
+        let way = set
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.key == key))
+            .or_else(|| {
+                set.iter()
+                    .position(|s| s.as_ref().is_none_or(|s| s.entry.expires <= now))
             })
             .unwrap_or_else(|| {
                 ways.victim = (ways.victim + 1) % WAYS;
@@ -257,6 +257,15 @@ impl Front {
             key,
             entry: entry.clone(),
         });
+    }
+
+    /// Tables with their slots allocated.
+    #[cfg(test)]
+    fn allocated(&self) -> usize {
+        self.tables
+            .iter()
+            .filter(|t| !t.0.lock().unwrap().slots.is_empty())
+            .count()
     }
 }
 
@@ -469,8 +478,13 @@ mod tests {
         // Thread 1's table never saw the key; thread 0's still has it.
         on(1, Box::new(move |c| assert!(c.get(&k).is_none())));
         on(0, Box::new(move |c| assert!(c.get(&k).is_some())));
-        // Table numbers wrap: thread 2 of 2 tables is table 0.
+        // Table numbers wrap: proxy thread 2 of 2 uses table 0.
         on(2, Box::new(move |c| assert!(c.get(&k).is_some())));
+        // A thread that is no proxy thread uses the shared table, not thread 0's.
+        let c2 = c.clone();
+        std::thread::spawn(move || assert!(c2.get(&k).is_none()))
+            .join()
+            .unwrap();
     }
 
     #[test]
@@ -485,11 +499,64 @@ mod tests {
 
     #[test]
     fn front_size_follows_max_entries() {
-        assert_eq!(Front::new(1, 1).sets * WAYS, WAYS);
-        assert_eq!(Front::new(1000, 3).sets * WAYS, 1024);
-        assert_eq!(Front::new(1000, 3).tables.len(), 3);
-        assert_eq!(Front::new(u64::MAX, 1).sets * WAYS, FRONT_SLOTS_MAX);
+        assert_eq!(Front::new(1, 1).slots, WAYS);
+        assert_eq!(Front::new(1000, 3).slots, 1024);
+        assert_eq!(Front::new(u64::MAX, 1).slots, FRONT_SLOTS_MAX);
+        // One table per proxy thread and one for every other thread.
+        assert_eq!(Front::new(1000, 3).tables.len(), 4);
+        assert_eq!(Front::new(1000, 0).tables.len(), 2);
         assert!(Front::new(0, 4).tables.is_empty());
+    }
+
+    #[test]
+    fn a_table_takes_memory_only_once_used() {
+        let f = Front::new(100_000, 8);
+        assert_eq!(f.allocated(), 0);
+        let t = Instant::now();
+        assert!(f.get(&same_set(1), t).is_none());
+        assert_eq!(f.allocated(), 0);
+        // This (unbound) test thread uses the shared table only.
+        f.put(same_set(1), &deny_entry(t + Duration::from_secs(60)), t);
+        assert_eq!(f.allocated(), 1);
+        assert_eq!(f.tables[8].0.lock().unwrap().slots.len(), FRONT_SLOTS_MAX);
+    }
+
+    /// How many slots of the table this thread uses hold `key`.
+    fn copies(f: &Front, key: &[u8; 32]) -> usize {
+        let (ways, _) = f.table(key).unwrap();
+        ways.slots
+            .iter()
+            .filter(|s| s.as_ref().is_some_and(|s| s.key == *key))
+            .count()
+    }
+
+    #[test]
+    fn an_expired_way_is_freed_and_reused_before_a_live_one() {
+        let f = Front::new(100, 1);
+        let t = Instant::now();
+        let live = deny_entry(t + Duration::from_secs(60));
+        let short = deny_entry(t + Duration::from_secs(5));
+        for n in 0..3 {
+            f.put(same_set(n), &live, t);
+        }
+        f.put(same_set(3), &short, t);
+        let later = t + Duration::from_secs(6);
+        // A new key takes the expired way; the three live ones stay.
+        f.put(same_set(9), &live, later);
+        for n in [0, 1, 2, 9] {
+            assert!(f.get(&same_set(n), later).is_some(), "key {n}");
+        }
+        assert_eq!(copies(&f, &same_set(3)), 0);
+
+        // An expired hit empties its way; a key put again keeps its own way and is never
+        // stored twice, even with an earlier way free.
+        let g = Front::new(100, 1);
+        g.put(same_set(0), &short, t);
+        g.put(same_set(1), &live, t);
+        assert!(g.get(&same_set(0), later).is_none());
+        assert_eq!(copies(&g, &same_set(0)), 0);
+        g.put(same_set(1), &live, later);
+        assert_eq!(copies(&g, &same_set(1)), 1);
     }
 
     #[test]

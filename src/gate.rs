@@ -38,7 +38,14 @@ pub enum Outcome {
 
 impl Live {
     pub fn new(rt: Arc<Runtime>, auth: Arc<Authenticator>) -> Self {
-        let cache = DecisionCache::new(rt.cache.max_entries, rt.cache.ttl_s, rt.server.threads);
+        let threads = rt.server.threads;
+        Self::for_threads(rt, auth, threads)
+    }
+
+    /// Like [`Live::new`], for a process whose data plane runs `threads` proxy threads
+    /// whatever `rt` says (a reload does not change the running thread count).
+    pub fn for_threads(rt: Arc<Runtime>, auth: Arc<Authenticator>, threads: usize) -> Self {
+        let cache = DecisionCache::new(rt.cache.max_entries, rt.cache.ttl_s, threads);
         let upstreams = crate::proxy::upstream::clients(&rt.upstreams);
         debug_assert!(rt.routes.iter().enumerate().all(|(i, r)| r.index == i));
         let hsts = (rt.server.hsts_max_age_s > 0).then(|| {

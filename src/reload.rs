@@ -245,9 +245,11 @@ impl Reloader {
         {
             let _ = metrics::JWKS_KEYS.remove_label_values(&[gone.name.as_str()]);
         }
-        self.shared
-            .live
-            .store(Arc::new(Live::new(new.clone(), auth)));
+        self.shared.live.store(Arc::new(Live::for_threads(
+            new.clone(),
+            auth,
+            self.boot.server.threads,
+        )));
         metrics::CONFIG_RELOADS_TOTAL
             .with_label_values(&["ok"])
             .inc();
