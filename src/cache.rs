@@ -205,7 +205,8 @@ impl Front {
     /// This thread's table, locked, and where `key`'s set starts in it.
     fn table(&self, key: &[u8; 32]) -> Option<(std::sync::MutexGuard<'_, Ways>, usize)> {
         let shared = self.tables.len().checked_sub(1)?;
-        let i = WORKER.with(Cell::get).map_or(shared, |i| i % shared.max(1));
+        // `shared` is the number of proxy threads, at least 1.
+        let i = WORKER.with(Cell::get).map_or(shared, |i| i % shared);
         // The key is a SHA-256 digest: any 8 of its bytes are evenly spread.
         let h = u64::from_le_bytes(key[..8].try_into().expect("8 bytes")) as usize;
         let set = h & (self.slots / WAYS - 1);
@@ -352,7 +353,7 @@ mod tests {
     fn a_flood_of_bad_tokens_cannot_evict_a_decision() {
         let decisions = DecisionCache::new(100, 300, 1);
         let bad = NegativeCache::new(10, Duration::from_secs(30));
-        let ok: Decision = Err(AuthError::new(DenyReason::InsufficientRole, "x"));
+        let ok = denied();
         decisions.insert(DecisionCache::key(0, "good"), ok, None, now() + 60);
         for i in 0..1000 {
             bad.remember(
@@ -372,9 +373,13 @@ mod tests {
             .as_secs()
     }
 
+    fn denied() -> Decision {
+        Err(AuthError::new(DenyReason::InsufficientRole, "x"))
+    }
+
     fn deny_entry(expires: Instant) -> Entry {
         Entry {
-            decision: Err(AuthError::new(DenyReason::InsufficientRole, "x")),
+            decision: denied(),
             caller: None,
             ttl: Duration::from_secs(60),
             expires,
@@ -392,7 +397,7 @@ mod tests {
     fn front_answers_a_repeat_without_asking_moka() {
         let c = DecisionCache::new(100, 300, 1);
         let k = DecisionCache::key(0, "t");
-        let ok: Decision = Err(AuthError::new(DenyReason::InsufficientRole, "x"));
+        let ok = denied();
         c.insert(k, ok, None, now() + 60);
         // Gone from moka, still in the front: the front answered.
         c.cache.invalidate(&k);
@@ -463,7 +468,7 @@ mod tests {
     fn each_proxy_thread_has_its_own_front() {
         let c = Arc::new(DecisionCache::new(100, 300, 2));
         let k = DecisionCache::key(0, "t");
-        let deny: Decision = Err(AuthError::new(DenyReason::InsufficientRole, "x"));
+        let deny = denied();
         let on = |i: usize, f: Box<dyn FnOnce(&DecisionCache) + Send>| {
             let c = c.clone();
             std::thread::spawn(move || {
@@ -491,7 +496,7 @@ mod tests {
     fn a_cache_of_no_entries_keeps_nothing() {
         let c = DecisionCache::new(0, 300, 2);
         let k = DecisionCache::key(0, "t");
-        let deny: Decision = Err(AuthError::new(DenyReason::InsufficientRole, "x"));
+        let deny = denied();
         c.insert(k, deny, None, now() + 60);
         c.cache.run_pending_tasks();
         assert!(c.get(&k).is_none());
@@ -569,7 +574,7 @@ mod tests {
     #[test]
     fn expired_token_is_not_kept_and_live_one_is() {
         let c = DecisionCache::new(100, 300, 1);
-        let deny: Decision = Err(AuthError::new(DenyReason::InsufficientRole, "x"));
+        let deny = denied();
         c.insert(DecisionCache::key(0, "old"), deny.clone(), None, now() - 1);
         assert!(c.get(&DecisionCache::key(0, "old")).is_none());
         c.insert(DecisionCache::key(0, "new"), deny, None, now() + 60);
@@ -579,7 +584,7 @@ mod tests {
     #[test]
     fn entry_lives_no_longer_than_the_token() {
         let c = DecisionCache::new(100, 300, 1);
-        let deny: Decision = Err(AuthError::new(DenyReason::InsufficientRole, "x"));
+        let deny = denied();
         c.insert(DecisionCache::key(0, "t"), deny, None, now() + 1);
         std::thread::sleep(Duration::from_millis(2100));
         assert!(c.get(&DecisionCache::key(0, "t")).is_none());
